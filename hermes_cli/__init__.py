@@ -1,0 +1,1 @@
+"""Command-line interface of Hermes (``hermes`` / ``hermes-seg``). Thin: parse, call, print."""

@@ -1,0 +1,33 @@
+"""The ``hermes`` Typer app. Commands live one per module in ``hermes_cli.commands``.
+
+No torch import at module level anywhere in ``hermes_cli``: ``hermes --help`` must stay fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from hermes_cli.commands import info, tasks
+
+app = typer.Typer(
+    name="hermes",
+    help=(
+        "Hermes: universal 3D medical image segmentation. One model, many organs and tumours, "
+        "CT and MR. Run `hermes COMMAND --help` for details."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+app.command("tasks")(tasks.tasks_command)
+app.command("info")(info.info_command)
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,186 @@
+"""Configuration as data: frozen dataclasses, named presets, one factory input.
+
+``ModelConfig`` describes a network; ``PreprocessConfig`` describes how an image is turned into
+the network's input (and back). Presets are registry entries that differ only in fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from hermes_model.errors import ConfigError
+
+__all__ = [
+    "ModelConfig",
+    "PreprocessConfig",
+    "MODEL_PRESETS",
+    "model_config",
+    "preset_names",
+]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a segmentation network.
+
+    Attributes:
+        arch: ``resunet`` (plain multi-output ResUNet) or ``hermes-r`` (ResUNet + context priors).
+        base_channels: channels of the full-resolution stage; stage ``s`` has
+            ``base_channels * channel_multipliers[s]`` channels (32-64-128-256-320 for Base).
+        num_blocks: residual BasicBlocks in each of the four downsampling stages (the decoder
+            mirrors them).
+        fusion_encoder_scales: downsampling factors (4, 8, 16) after whose encoder stage a prior
+            fusion module runs. Empty for a plain ResUNet.
+        fusion_decoder_scales: decoder scales (8, 4) with a fusion module, as in the authors' code.
+        fusion_depth: bi-directional attention blocks per fusion module.
+        fusion_depth_bottleneck: blocks at the 16x scale (the coarsest, cheapest one).
+        bidirectional: if False, priors read from the features but never write back (ablation).
+        hierarchical: concatenate task posteriors of every fused scale (True) or use only the
+            last fused scale (False) before the prototype MLP (ablation).
+        modality_prior: use the modality prior pool (ablation).
+        modality_tokens: ``l``, tokens per modality (paper: 10).
+        head_dim: attention head width; heads = channels // head_dim.
+        mlp_ratio: FFN hidden width as a multiple of the channels.
+    """
+
+    arch: str = "hermes-r"
+    in_channels: int = 1
+    base_channels: int = 32
+    channel_multipliers: tuple[int, ...] = (1, 2, 4, 8, 10)
+    num_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    fusion_encoder_scales: tuple[int, ...] = (4, 8, 16)
+    fusion_decoder_scales: tuple[int, ...] = (8, 4)
+    fusion_depth: int = 2
+    fusion_depth_bottleneck: int = 4
+    bidirectional: bool = True
+    hierarchical: bool = True
+    modality_prior: bool = True
+    modality_tokens: int = 10
+    head_dim: int = 32
+    mlp_ratio: int = 4
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("resunet", "hermes-r"):
+            raise ConfigError(f"unknown architecture {self.arch!r}; use 'resunet' or 'hermes-r'")
+        if len(self.channel_multipliers) != 5 or len(self.num_blocks) != 4:
+            raise ConfigError(
+                "channel_multipliers needs 5 entries and num_blocks 4 (four 2x downsamplings); "
+                f"got {self.channel_multipliers} and {self.num_blocks}"
+            )
+        bad = [s for s in self.fusion_encoder_scales if s not in (4, 8, 16)]
+        bad += [s for s in self.fusion_decoder_scales if s not in (4, 8)]
+        if bad:
+            raise ConfigError(
+                f"fusion scales {bad} are not allowed: encoder scales are 4, 8, 16 and "
+                "decoder scales 8, 4"
+            )
+        if self.arch == "hermes-r" and not (self.fusion_encoder_scales or self.fusion_decoder_scales):
+            raise ConfigError("hermes-r needs at least one fusion scale")
+        if self.modality_tokens < 1:
+            raise ConfigError(f"modality_tokens must be >= 1, got {self.modality_tokens}")
+
+    def channels(self, stage: int) -> int:
+        """Channels of stage ``stage`` (0 = full resolution, 4 = 16x)."""
+        return self.base_channels * self.channel_multipliers[stage]
+
+    def replace(self, **overrides: Any) -> ModelConfig:
+        """A copy with some fields changed; unknown fields are a ConfigError."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown model option(s) {unknown}; known options: {', '.join(sorted(known))}"
+            )
+        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        return dataclasses.replace(self, **fixed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return cls().replace(**data)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a scan becomes network input, and how outputs go back to the scan's grid.
+
+    Attributes:
+        spacing: target voxel size in mm along the canonical axes (R, A, S).
+        orientation: canonical axis codes the network sees (``RAS``: +x right... in the
+            NIfTI/RAS+ world convention; array axis 0 runs towards R, 1 towards A, 2 towards S).
+        ct_clip: HU window applied to CT before z-scoring.
+        mr_percentiles: percentile window applied to MR before z-scoring.
+        patch_size: sliding-window / training patch in voxels (canonical axis order).
+    """
+
+    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    orientation: str = "RAS"
+    ct_clip: tuple[float, float] = (-990.0, 500.0)
+    mr_percentiles: tuple[float, float] = (2.0, 98.0)
+    patch_size: tuple[int, int, int] = (128, 128, 128)
+
+    def __post_init__(self) -> None:
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise ConfigError(f"spacing must be three positive mm values, got {self.spacing}")
+        if len(self.patch_size) != 3 or min(self.patch_size) < 8:
+            raise ConfigError(f"patch_size must be three sizes >= 8 voxels, got {self.patch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown preprocessing option(s) {unknown}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+_NO_FUSION: dict[str, Any] = {
+    "arch": "resunet",
+    "fusion_encoder_scales": (),
+    "fusion_decoder_scales": (),
+}
+
+#: Named presets. ``hermes-r-*`` differ from ``resunet-*`` only by the prior fusion.
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    "resunet-small": ModelConfig(base_channels=16, **_NO_FUSION),
+    "resunet-base": ModelConfig(base_channels=32, **_NO_FUSION),
+    "resunet-large": ModelConfig(base_channels=64, **_NO_FUSION),
+    "hermes-r-small": ModelConfig(base_channels=16, head_dim=16),
+    "hermes-r-base": ModelConfig(base_channels=32),
+    "hermes-r-large": ModelConfig(base_channels=64, head_dim=64),
+    # For tests: a few thousand voxels per second on one CPU core.
+    "tiny": ModelConfig(
+        base_channels=4,
+        num_blocks=(1, 1, 1, 1),
+        fusion_depth=1,
+        fusion_depth_bottleneck=1,
+        modality_tokens=2,
+        head_dim=8,
+        mlp_ratio=2,
+    ),
+    "resunet-tiny": ModelConfig(base_channels=4, num_blocks=(1, 1, 1, 1), **_NO_FUSION),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(MODEL_PRESETS)
+
+
+def model_config(name: str, **overrides: Any) -> ModelConfig:
+    """The preset ``name`` with ``overrides`` applied."""
+    if name not in MODEL_PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, MODEL_PRESETS, n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"unknown model preset {name!r}.{hint} Presets: {', '.join(preset_names())}"
+        )
+    return MODEL_PRESETS[name].replace(**overrides) if overrides else MODEL_PRESETS[name]

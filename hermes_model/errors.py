@@ -1,0 +1,67 @@
+"""Errors that Hermes raises on user-facing problems.
+
+Every message says what failed, the offending value (file, task, setting) and the fix.
+The CLI maps each class to a documented exit code and prints the message on one line.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "HermesError",
+    "InputError",
+    "TaskError",
+    "WeightsError",
+    "OutputError",
+    "ConfigError",
+    "EXIT_CODES",
+]
+
+
+class HermesError(Exception):
+    """Base class. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class InputError(HermesError):
+    """An input image or path is missing, unreadable, corrupt or unusable."""
+
+    exit_code = 3
+
+
+class TaskError(HermesError):
+    """An unknown task, dataset or modality name, or a task the weights do not know."""
+
+    exit_code = 4
+
+
+class WeightsError(HermesError):
+    """Weights that cannot be found, downloaded, verified or loaded."""
+
+    exit_code = 5
+
+
+class OutputError(HermesError):
+    """An output path that cannot be written."""
+
+    exit_code = 6
+
+
+class ConfigError(HermesError):
+    """A bad recipe, dataset card or option value."""
+
+    exit_code = 7
+
+
+#: Documented exit codes of the ``hermes`` command (README, "Exit codes").
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "some cases of a batch failed (the others were written); see the summary table",
+    2: "bad command-line usage (unknown option, missing argument)",
+    3: "input error: missing, unreadable, corrupt or unusable image",
+    4: "task error: unknown task, dataset or modality",
+    5: "weights error: not found, checksum mismatch, offline and not cached, incompatible",
+    6: "output error: output folder or file cannot be written",
+    7: "configuration error: bad recipe, dataset card or option value",
+    130: "interrupted (Ctrl-C)",
+}
