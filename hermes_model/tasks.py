@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hermes_model.errors import TaskError
 
@@ -40,6 +41,7 @@ __all__ = [
     "modality_index",
     "normalize_modality",
     "aliases",
+    "task_records",
 ]
 
 #: Modalities the model knows; the index is the modality id (row of the modality prior pool).
@@ -504,3 +506,35 @@ def task_groups(task_ids: Iterable[str], modality: str | None = None) -> dict[st
 def aliases() -> dict[str, dict[str, str]]:
     """Alias -> {modality: preferred task id}; a modality without a task is absent."""
     return {name: dict(targets) for name, targets in _ALIASES.items()}
+
+
+def task_records(dataset: str | None = None, modality: str | None = None) -> list[dict[str, Any]]:
+    """JSON-ready records of ``task_ids(dataset, modality)``, one per task (``hermes tasks``).
+
+    Keys: ``id``, ``name``, ``dataset`` (namespace), ``label``, ``kind``, ``parent``,
+    ``modalities``, ``datasets`` (the datasets whose group holds the task), ``roles`` (theirs)
+    and ``aliases`` (the aliases that point at the task for some modality).
+    """
+    pointing: dict[str, list[str]] = {}
+    for alias, targets in _ALIASES.items():
+        for task_id in dict.fromkeys(targets.values()):
+            pointing.setdefault(task_id, []).append(alias)
+    records = []
+    for task_id in task_ids(dataset, modality):
+        task = _TASKS[task_id]
+        holders = [d for d in _DATASETS if task_id in d.tasks]
+        records.append(
+            {
+                "id": task.id,
+                "name": task.name,
+                "dataset": task.dataset,
+                "label": task.label,
+                "kind": task.kind,
+                "parent": task.parent,
+                "modalities": list(task.modalities),
+                "datasets": [d.name for d in holders],
+                "roles": list(dict.fromkeys(d.role for d in holders)),
+                "aliases": pointing.get(task_id, []),
+            }
+        )
+    return records
