@@ -1,0 +1,65 @@
+"""BCE + Dice over valid tasks: values, masking, stability."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from hermes_model.training.losses import bce_dice_loss
+
+
+def test_value_matches_a_hand_computation() -> None:
+    logits = torch.tensor([[[2.0, -1.0, 0.0, 3.0]]])  # (B=1, T=1, V=4)
+    target = torch.tensor([[[1.0, 0.0, 1.0, 1.0]]])
+    mask = torch.tensor([[True]])
+    terms = bce_dice_loss(logits, target, mask, lambda_dice=0.5, smooth=1e-5)
+    sig = [1 / (1 + math.exp(-x)) for x in (2.0, -1.0, 0.0, 3.0)]
+    y = [1.0, 0.0, 1.0, 1.0]
+    bce = -sum(t * math.log(p) + (1 - t) * math.log(1 - p) for p, t in zip(sig, y)) / 4
+    inter = sum(p * t for p, t in zip(sig, y))
+    dice = (2 * inter + 1e-5) / (sum(sig) + sum(y) + 1e-5)
+    assert math.isclose(terms.bce.item(), bce, rel_tol=1e-5)
+    assert math.isclose(terms.dice.item(), 1 - dice, rel_tol=1e-5)
+    assert math.isclose(terms.total.item(), bce + 0.5 * (1 - dice), rel_tol=1e-5)
+
+
+def test_padded_tasks_get_exactly_zero_gradient_and_change_nothing() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 6, 5, 4, generator=gen)
+    targets = (torch.rand(3, 4, 6, 5, 4, generator=gen) > 0.7).to(torch.uint8)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    padded = logits.clone()
+    padded[~mask] = float("nan")  # whatever sits in a padded slot must not matter
+    padded.requires_grad_(True)
+    total = bce_dice_loss(padded, targets, mask).total
+    total.backward()
+    assert padded.grad is not None
+    assert torch.all(padded.grad[~mask] == 0)
+    assert torch.all(padded.grad[mask].abs().sum(dim=(1, 2, 3)) > 0)
+    # Same value as the mean over the valid pairs computed one by one.
+    per_pair = [
+        bce_dice_loss(logits[b : b + 1, t : t + 1], targets[b : b + 1, t : t + 1],
+                      torch.ones(1, 1, dtype=torch.bool)).total
+        for b, t in mask.nonzero().tolist()
+    ]  # fmt: skip
+    assert torch.isclose(total.detach(), torch.stack(per_pair).mean(), rtol=1e-5)
+
+
+def test_stable_for_extreme_logits_and_zero_for_a_perfect_prediction() -> None:
+    target = torch.zeros(1, 2, 4, 4, 4)
+    target[0, 0, 1:3, 1:3, 1:3] = 1
+    logits = (target * 2 - 1) * 1e4
+    terms = bce_dice_loss(logits, target, torch.ones(1, 2, dtype=torch.bool))
+    assert torch.isfinite(terms.total)
+    assert terms.total.item() < 1e-4
+    wrong = bce_dice_loss(-logits, target, torch.ones(1, 2, dtype=torch.bool))
+    assert torch.isfinite(wrong.total) and wrong.total.item() > 1e3
+
+
+def test_no_valid_task_gives_zero_loss_and_zero_gradient() -> None:
+    logits = torch.randn(2, 3, 4, 4, 4, requires_grad=True)
+    terms = bce_dice_loss(logits, torch.zeros(2, 3, 4, 4, 4), torch.zeros(2, 3, dtype=torch.bool))
+    terms.total.backward()
+    assert terms.total.item() == 0.0
+    assert logits.grad is not None and torch.all(logits.grad == 0)
