@@ -16,8 +16,8 @@ def test_value_matches_a_hand_computation() -> None:
     terms = bce_dice_loss(logits, target, mask, lambda_dice=0.5, smooth=1e-5)
     sig = [1 / (1 + math.exp(-x)) for x in (2.0, -1.0, 0.0, 3.0)]
     y = [1.0, 0.0, 1.0, 1.0]
-    bce = -sum(t * math.log(p) + (1 - t) * math.log(1 - p) for p, t in zip(sig, y)) / 4
-    inter = sum(p * t for p, t in zip(sig, y))
+    bce = -sum(t * math.log(p) + (1 - t) * math.log(1 - p) for p, t in zip(sig, y, strict=True)) / 4
+    inter = sum(p * t for p, t in zip(sig, y, strict=True))
     dice = (2 * inter + 1e-5) / (sum(sig) + sum(y) + 1e-5)
     assert math.isclose(terms.bce.item(), bce, rel_tol=1e-5)
     assert math.isclose(terms.dice.item(), 1 - dice, rel_tol=1e-5)
