@@ -1,0 +1,145 @@
+"""Prior fusion (paper appendix B.1, eq. 5-6): bi-directional cross-attention between prior
+tokens ``p`` (B, K, C) and a feature map flattened to tokens ``X`` (B, N, C).
+
+Padded prior tokens (``valid`` False) take part in no attention: they are masked out as keys
+when the features read from the priors, and their own updates are zeroed, so a real task's
+output never depends on how much padding its batch carries.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CrossAttention", "FusionBlock", "PriorFusion"]
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of ``query`` tokens over ``context`` tokens.
+
+    ``key_mask`` (B, Lk) bool, True for tokens that may be attended to.
+    """
+
+    def __init__(self, dim: int, head_dim: int) -> None:
+        super().__init__()
+        self.heads = max(1, dim // head_dim)
+        inner = self.heads * head_dim
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim)
+
+    def forward(
+        self, query: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        b, lq, _ = query.shape
+        lk = context.shape[1]
+        q = self.to_q(query).view(b, lq, self.heads, -1).transpose(1, 2)
+        k, v = self.to_kv(context).view(b, lk, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.to_out(out.transpose(1, 2).reshape(b, lq, -1))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, dim: int, ratio: int) -> None:
+        super().__init__(nn.Linear(dim, dim * ratio), nn.GELU(), nn.Linear(dim * ratio, dim))
+
+
+class FusionBlock(nn.Module):
+    """One bi-directional block: priors read the features (eq. 5), then, if ``bidirectional``,
+    the features read the posterior priors (eq. 6). Pre-norm, residuals, FFNs."""
+
+    def __init__(self, dim: int, head_dim: int, mlp_ratio: int, bidirectional: bool) -> None:
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.norm_p = nn.LayerNorm(dim)
+        self.norm_x = nn.LayerNorm(dim)
+        self.prior_attn = CrossAttention(dim, head_dim)
+        self.prior_ffn_norm = nn.LayerNorm(dim)
+        self.prior_ffn = FeedForward(dim, mlp_ratio)
+        if bidirectional:
+            self.norm_p2 = nn.LayerNorm(dim)
+            self.feat_attn = CrossAttention(dim, head_dim)
+            self.feat_ffn_norm = nn.LayerNorm(dim)
+            self.feat_ffn = FeedForward(dim, mlp_ratio)
+
+    def forward(
+        self, x: torch.Tensor, p: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, N, C) features, p (B, K, C) priors, valid (B, K) bool → updated (x, p)."""
+        keep = valid[..., None].to(p.dtype)
+        x_n = self.norm_x(x)
+        p = p + self.prior_attn(self.norm_p(p), x_n)
+        p = (p + self.prior_ffn(self.prior_ffn_norm(p))) * keep
+        if self.bidirectional:
+            x = x + self.feat_attn(x_n, self.norm_p2(p), key_mask=valid)
+            x = x + self.feat_ffn(self.feat_ffn_norm(x))
+        return x, p
+
+
+class PriorFusion(nn.Module):
+    """A stack of fusion blocks at one scale, with this scale's task and modality prior pools.
+
+    The task pool is a list of chunks so that ``add_tasks`` appends new tokens without touching
+    (or re-allocating) the existing ones; incremental learning trains only the new chunk.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_tasks: int,
+        num_modalities: int,
+        modality_tokens: int,
+        depth: int,
+        head_dim: int,
+        mlp_ratio: int,
+        bidirectional: bool,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.task_prior = nn.ParameterList([self._new_tokens(num_tasks)])
+        self.modality_prior = (
+            nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_modalities, modality_tokens, dim)))
+            if modality_tokens
+            else None
+        )
+        self.blocks = nn.ModuleList(
+            FusionBlock(dim, head_dim, mlp_ratio, bidirectional) for _ in range(depth)
+        )
+
+    def _new_tokens(self, n: int) -> nn.Parameter:
+        return nn.Parameter(nn.init.xavier_uniform_(torch.empty(n, self.dim)))
+
+    def add_tasks(self, n: int, generator: torch.Generator | None = None) -> None:
+        tokens = torch.empty(n, self.dim)
+        bound = (6.0 / (n + self.dim)) ** 0.5
+        tokens.uniform_(-bound, bound, generator=generator)
+        device = self.task_prior[0].device
+        self.task_prior.append(nn.Parameter(tokens.to(device)))
+
+    def select(
+        self, task_idx: torch.Tensor, modality_idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather the oracle-selected priors: ``[p_t, p_m]`` (B, T + l, C) and validity (B, T + l)."""
+        pool = torch.cat(list(self.task_prior), dim=0)
+        valid = task_idx >= 0
+        tokens = pool[task_idx.clamp(min=0)] * valid[..., None].to(pool.dtype)
+        if self.modality_prior is None:
+            return tokens, valid
+        mod = self.modality_prior[modality_idx]
+        mod_valid = torch.ones(mod.shape[:2], dtype=torch.bool, device=mod.device)
+        return torch.cat([tokens, mod], dim=1), torch.cat([valid, mod_valid], dim=1)
+
+    def forward(
+        self, x: torch.Tensor, task_idx: torch.Tensor, modality_idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, D, H, W) → (prior-injected x of the same shape, task posteriors (B, T, C))."""
+        b, c, d, h, w = x.shape
+        p, valid = self.select(task_idx, modality_idx)
+        p = p.to(x.dtype)
+        tokens = x.flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            tokens, p = block(tokens, p, valid)
+        x = tokens.transpose(1, 2).reshape(b, c, d, h, w)
+        return x, p[:, : task_idx.shape[1]]
