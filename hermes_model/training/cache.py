@@ -7,8 +7,8 @@ nearest-neighbour sampling (``preprocess.prepare_label``). Files, under
 
     <case_id>.npy         image (D, H, W) float16 or float32
     <case_id>_label.npy   label (D, H, W) uint8, the dataset's own label values
-    <case_id>_fg.npy      (N, 4) int32 rows (label value, d, h, w): up to 10 000 voxels per label
-                          value, seeded by the case id, for foreground-centred patches
+    <case_id>_fg.npy      (N, 4) int32 rows (label value, d, h, w), sorted by value: up to 10 000
+                          voxels per label value, seeded by the case id, for foreground patches
     <case_id>.json        sidecar, written last: sources (size, mtime), grid, intensity, counts
 
 ``key`` hashes the preprocessing settings, the card name and the cache format version, so a
@@ -48,7 +48,8 @@ _DTYPES = {"float16": np.float16, "float32": np.float32}
 
 @dataclass(frozen=True)
 class CachedCase:
-    """One prepared case. ``foreground_counts``: label value -> rows stored in ``foreground``."""
+    """One prepared case. ``foreground_counts``: label value -> rows stored in ``foreground``
+    (every non-zero value present, whether or not the card maps it)."""
 
     case_id: str
     image: Path
@@ -139,7 +140,6 @@ def build_cache(
         "dtype": dtype,
         "folder": str(folder),
         "device": device,
-        "values": sorted(card.labels),
     }
     failures = _run(pending, job, workers, progress, card.name, sidecars)
     if failures:
@@ -234,7 +234,7 @@ def _prepare_case(case: Case, job: dict[str, Any]) -> tuple[bool, Any]:
         raise RuntimeError(
             f"prepare_label returned {labels.shape} for an image of {array.shape} ({case.case_id})"
         )
-    foreground, counts, voxels = _foreground(labels, job["values"], case.case_id)
+    foreground, counts, voxels = _foreground(labels, case.case_id)
     folder = Path(job["folder"])
     _save(folder / f"{case.case_id}.npy", array)
     _save(folder / f"{case.case_id}_label.npy", labels)
@@ -256,12 +256,16 @@ def _prepare_case(case: Case, job: dict[str, Any]) -> tuple[bool, Any]:
 
 
 def _foreground(
-    labels: np.ndarray, values: list[int], case_id: str
+    labels: np.ndarray, case_id: str
 ) -> tuple[np.ndarray, dict[int, int], dict[int, int]]:
-    """Up to MAX_FOREGROUND_PER_LABEL voxels of each label value, chosen with a seeded RNG."""
+    """Up to MAX_FOREGROUND_PER_LABEL voxels of every non-zero label value, sorted by value.
+
+    All values are kept, not only the card's mapped ones, so the cache does not depend on the
+    label map (a recipe may remap or drop labels); the sampler picks among the mapped ones.
+    """
     rng = np.random.default_rng(zlib.crc32(case_id.encode()))
     rows, counts, voxels = [], {}, {}
-    for value in values:
+    for value in (int(v) for v in np.unique(labels) if v != 0):
         coords = np.argwhere(labels == value)
         voxels[value] = len(coords)
         if len(coords) > MAX_FOREGROUND_PER_LABEL:

@@ -117,6 +117,7 @@ class DatasetEntry:
 @dataclass(frozen=True)
 class TrainSettings:
     """Attributes:
+    batch_size: the global batch; with N DDP ranks each rank draws batch_size / N samples.
     iterations: optimiser steps in total (0 = evaluate only).
     iterations_per_epoch: reporting unit; the paper's epoch is 400 iterations.
     amp: ``none``, ``fp16`` or ``bf16`` autocast (CUDA only; CPU runs in fp32).

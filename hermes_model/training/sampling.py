@@ -205,11 +205,11 @@ class MixedBatchSampler:
         k = int(rng.choice(len(self.datasets), p=self.probabilities))
         i = int(rng.integers(len(self.datasets[k].cases)))
         counts = self.datasets[k].cases[i].foreground_counts
+        values = sorted(v for v in counts if v in self.datasets[k].labels)
         fg_row = -1
-        if counts and self._is_foreground(n):
-            values = sorted(counts)
+        if values and self._is_foreground(n):
             value = values[int(rng.integers(len(values)))]
-            first = sum(counts[v] for v in values if v < value)
+            first = sum(c for v, c in counts.items() if v < value)  # rows are sorted by value
             fg_row = first + int(rng.integers(counts[value]))
         u = rng.random(3)
         return PatchRequest(n, k, i, fg_row, (float(u[0]), float(u[1]), float(u[2])))

@@ -67,6 +67,14 @@ def test_transfer_subset_sizes_follow_the_paper() -> None:
     )
 
 
+def test_generalisation_recipe_maps_segthor_labels_to_structseg_tasks() -> None:
+    recipe = load_recipe(REPO / "train" / "recipes" / "segthor_generalisation.toml")
+    assert recipe.train.iterations == 0 and recipe.validation.split == "all"
+    card = recipe.datasets[0].load()
+    assert card.tasks == ("structseg/esophagus", "structseg/heart", "structseg/trachea")
+    assert card.ignore_labels == (4,)  # the aorta: StructSeg has no such task
+
+
 def test_overrides_dotted_and_underscored() -> None:
     path = REPO / "train" / "recipes" / "hippocampus_smoke.toml"
     recipe = load_recipe(path, train__iterations=7, seed=3, **{"optimizer.lr": 0.01})

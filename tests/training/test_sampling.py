@@ -32,11 +32,12 @@ def _dataset(
     cases = []
     for i, (image, label) in enumerate(volumes):
         case_id = f"{name}_{i}"
-        rows = [np.c_[np.full(len(c), v), c] for v in labels if len(c := np.argwhere(label == v))]
+        values = [int(v) for v in np.unique(label) if v]  # every value, mapped or not
+        rows = [np.c_[np.full((label == v).sum(), v), np.argwhere(label == v)] for v in values]
         table = np.concatenate(rows).astype(np.int32) if rows else np.zeros((0, 4), np.int32)
         for suffix, array in (("", image), ("_label", label), ("_fg", table)):
             np.save(folder / f"{case_id}{suffix}.npy", array)
-        counts = {v: int((label == v).sum()) for v in labels if (label == v).any()}
+        counts = {v: int((label == v).sum()) for v in values}
         cases.append(
             CachedCase(
                 case_id, folder / f"{case_id}.npy", folder / f"{case_id}_label.npy",
@@ -74,6 +75,13 @@ def test_foreground_fraction_holds(two_datasets: list[CachedDataset]) -> None:
     random_only = MixedBatchSampler(a, TASKS, patch, foreground_fraction=0.0, seed=1)
     hits = sum(bool(random_only.sample().targets.any()) for _ in range(n))
     assert hits < 0.15 * n  # the structures are small: random patches rarely touch them
+
+
+def test_foreground_patches_centre_only_on_mapped_labels(tmp_path: Path) -> None:
+    # Label 2 is present but not mapped (as after a recipe's label override): never a centre.
+    data = _dataset(tmp_path, "m", [_sparse(i) for i in range(2)], {1: TASKS[2]})
+    sampler = MixedBatchSampler([data], TASKS, (4, 4, 4), foreground_fraction=1.0, seed=3)
+    assert all(bool(sampler.sample().targets[0, 2, 2, 2]) for _ in range(40))
 
 
 def test_small_image_is_padded_with_its_minimum(tmp_path: Path) -> None:
