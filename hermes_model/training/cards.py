@@ -216,7 +216,10 @@ class DatasetCard:
                         f"{self.source}: split {split_name!r} names list {list_name!r}, which "
                         f"{self.root / self.dataset_json} lacks; use one of its lists"
                     )
-                out[split_name] = [_case_id(_entry_image(e, self.source)) for e in entries]
+                ids = [_case_id(_entry_image(e, self.source)) for e in entries]
+                # AMOS lists CT and MR together; 'include' picks this card's part of each list.
+                keep = re.compile(self.include).search if self.include else None
+                out[split_name] = [i for i in ids if keep is None or keep(i)]
             return out
         return _file_split(self.root / spec.file, spec, self.source)
 

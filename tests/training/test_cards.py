@@ -113,6 +113,26 @@ def test_nnunet_layout_and_split_file_with_folds(tmp_path: Path) -> None:
     validate(card)
 
 
+def test_dataset_json_lists_as_splits_with_include_filter(tmp_path: Path) -> None:
+    # The AMOS layout: CT and MR share one folder and one dataset.json with two lists.
+    root = tmp_path / "data"
+    _msd(root, ["amos_0001", "amos_0002", "amos_0507", "amos_0008"])
+    entries = json.loads((root / "dataset.json").read_text())["training"]
+    (root / "dataset.json").write_text(
+        json.dumps({"training": entries[:3], "validation": entries[3:]})
+    )
+    path = _card(
+        tmp_path,
+        'dataset_json = { train = "training", val = "validation" }',
+        json_lists='["training", "validation"]',
+        include='"^amos_0[0-4][0-9][0-9]$"',
+    )
+    card = load_card(path)
+    assert [c.case_id for c in card.all_cases()] == ["amos_0001", "amos_0002", "amos_0008"]
+    assert [c.case_id for c in card.cases("train")] == ["amos_0001", "amos_0002"]
+    assert [c.case_id for c in card.cases("val")] == ["amos_0008"]
+
+
 def test_root_from_env_var_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _msd(tmp_path / "elsewhere" / "data", ["x_1", "x_2"])
     path = _card(tmp_path)
