@@ -295,7 +295,7 @@ def _resolve_entry(entry: WeightsEntry, *, offline: bool | None, force: bool) ->
         fix = (
             "reinstall hermes-seg"
             if entry.source == "package"
-            else f"delete it or run 'hermes weights download {entry.name} --force'"
+            else f"run 'hermes weights download {entry.name} --force'"
         )
         raise WeightsError(
             f"{path}: sha256 mismatch for weights '{entry.name}' (expected {entry.sha256}, "
@@ -390,13 +390,14 @@ def _network_errors() -> tuple[type[Exception], ...]:
 
 # -- helpers -----------------------------------------------------------------------------------
 
-_HASHES: dict[tuple[str, int, int], str] = {}
+_HASHES: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def _sha256(path: Path) -> str:
-    """sha256 of ``path``, remembered per (file, size, mtime) for the life of the process."""
+    """sha256 of ``path``, remembered for the life of the process while the file is unchanged
+    (same inode, size, mtime and ctime), so that a large checkpoint is hashed once."""
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     if key not in _HASHES:
         _HASHES[key] = sha256_file(path)
     return _HASHES[key]
