@@ -483,6 +483,7 @@ def _check(r: Recipe) -> None:
             fail(f"{section}.{key}", f"must be one of {allowed}")
     t, a = r.train, r.augment
     for key, value, low in (
+        ("seed", r.seed, 0),
         ("train.batch_size", t.batch_size, 1),
         ("train.iterations", t.iterations, 0),
         ("train.iterations_per_epoch", t.iterations_per_epoch, 1),

@@ -129,6 +129,8 @@ def test_bad_override_and_model_option(tmp_path: Path) -> None:
         load_recipe(path, **{"trian.iterations": 3})
     with pytest.raises(ConfigError, match=r"\[model\].*unknown model option"):
         load_recipe(path, **{"model.hierarchy": False})
+    with pytest.raises(ConfigError, match="'seed' must be >= 0"):
+        load_recipe(path, seed=-1)
     with pytest.raises(ConfigError, match="patch_size"):
         load_recipe(path, **{"preprocess.patch_size": [30, 32, 32]})
 
