@@ -58,7 +58,7 @@ MODALITIES = ("ct", "mr")
 MAX_PERCENTILE_SAMPLES = 2**20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Reorientation:
     """An exact axis permutation plus flips from an (i, j, k) array to the canonical axes.
 
@@ -186,7 +186,7 @@ def normalise(
     return tensor, Intensity(float(low), float(high), float(mean), std_value)
 
 
-@dataclass
+@dataclass(eq=False)
 class Prepared:
     """A scan as the network sees it, and what is needed to map outputs back onto the scan.
 
@@ -215,6 +215,8 @@ def _to_tensor(array: np.ndarray, device: torch.device | str) -> tuple[torch.Ten
     Returns the tensor and, for each tensor dim, the array axis it holds: an F-ordered array
     (nibabel, and io's ITK arrays) is read as its C-ordered transpose, axes (2, 1, 0).
     """
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype.kind == "u" and array.dtype.itemsize > 1:
         array = array.astype(np.int64 if array.dtype.itemsize >= 4 else np.int32)
     elif array.dtype == bool:
@@ -338,6 +340,8 @@ def _summary(array: np.ndarray, max_samples: int = MAX_PERCENTILE_SAMPLES) -> _S
     flat = array.ravel(order="K")
     flat = flat[:: max(1, math.ceil(flat.size / max_samples)) | 1].astype(np.float32)
     flat = flat[np.isfinite(flat)]
+    if flat.size == 0:
+        return _Summary(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
     minimum = float(flat.min())
     if minimum < -1100 and np.mean(flat == minimum) > 0.001:
         flat = flat[flat != minimum]  # outside-the-scan padding (-2048, -3024, ...)
@@ -406,8 +410,9 @@ def check_image(array: np.ndarray, meta: ImageMeta, modality: str) -> list[str]:
 
     Raises InputError for non-finite voxels, a constant image, and a CT ("ct") whose values are
     not Hounsfield units (stored without rescale, already normalised, or another scale).
-    Warnings (one line each): MR whose values look like HU, a DICOM modality other than CT/MR,
-    thick or few slices, a strongly oblique scan, a NIfTI header without orientation.
+    Warnings (one line each): the reader's geometry notes (``meta.notes``), MR whose values look
+    like HU, a DICOM modality other than CT/MR, thick or few slices, a strongly oblique scan, a
+    NIfTI header without orientation.
     """
     source = meta.source
     if array.dtype.kind == "f":
@@ -426,7 +431,7 @@ def check_image(array: np.ndarray, meta: ImageMeta, modality: str) -> list[str]:
     s = _summary(array)
     if modality == "ct":
         _check_hounsfield(s, source)
-    warnings = []
+    warnings = list(meta.notes)
     if modality == "mr" and _looks_like_hu(s) >= 0.8:
         warnings.append(
             f"{source}: intensities look like CT in Hounsfield units (air near -1000) although "

@@ -102,6 +102,31 @@ def test_nifti_qform_and_sform_fields_are_copied_bit_for_bit(tmp_path, oblique_a
     assert int(written["qform_code"]) == 1 and int(written["sform_code"]) == 4
 
 
+def test_qform_sform_disagreement_is_noted(tmp_path, flipped_affine):
+    shifted = flipped_affine.copy()
+    shifted[:3, 3] += (0.0, 3.0, 0.0)
+    header = header_with(flipped_affine)
+    header.set_sform(shifted, code=2)
+    path = raw_nifti(tmp_path / "moved.nii", np.zeros((16, 16, 16), np.int16), header)
+    _, meta = read_image(path)
+    assert len(meta.notes) == 1 and "disagree by up to 3.00 mm" in meta.notes[0]
+    _, agreeing = read_image(
+        raw_nifti(tmp_path / "ok.nii", np.zeros((16, 16, 16)), header_with(shifted))
+    )
+    assert agreeing.notes == ()
+
+
+def test_big_endian_nifti_reads_in_native_byte_order(tmp_path, anisotropic_affine):
+    data = np.arange(16 * 17 * 18, dtype=">i2").reshape(16, 17, 18)
+    header = nib.Nifti1Header(endianness=">")
+    header.set_qform(anisotropic_affine, code=1)
+    header.set_sform(anisotropic_affine, code=1)
+    array, meta = read_image(raw_nifti(tmp_path / "big.nii.gz", data, header))
+    assert array.dtype == np.dtype("<i2") and array.dtype.isnative
+    np.testing.assert_array_equal(array, data)
+    np.testing.assert_allclose(meta.affine, anisotropic_affine, atol=1e-6)
+
+
 def test_nifti_scaling_is_applied(tmp_path, anisotropic_affine):
     raw = np.arange(16 * 16 * 16, dtype=np.int16).reshape(16, 16, 16) % 3000
     header = header_with(anisotropic_affine)

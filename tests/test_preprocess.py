@@ -351,6 +351,14 @@ def test_non_finite_voxels_are_counted_in_the_error():
         check_image(image, meta, "mr")
 
 
+def test_all_nan_image_is_refused_and_does_not_break_detection():
+    image = np.full((16, 16, 16), np.nan, np.float32)
+    meta = ImageMeta.from_affine(np.eye(4), image.shape, source="nan.nii.gz")
+    assert detect_modality(image, meta)[0] in ("ct", "mr")
+    with pytest.raises(InputError, match="4096 of 4096 voxels"):
+        check_image(image, meta, "ct")
+
+
 def test_constant_image_is_refused():
     meta = ImageMeta.from_affine(np.eye(4), (16, 16, 16), source="blank.nii.gz")
     with pytest.raises(InputError, match="blank.nii.gz: every voxel has the value 7"):
@@ -385,3 +393,5 @@ def test_soft_problems_are_warnings(oblique_affine):
     assert any("oblique scan" in w for w in warnings)
     assert any("without orientation" in w for w in warnings)
     assert all("\n" not in w for w in warnings)
+    noted = dataclasses.replace(meta, notes=("x.nii.gz: the NIfTI qform and sform disagree",))
+    assert noted.notes[0] in check_image(ct, noted, "ct")
