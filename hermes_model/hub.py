@@ -125,7 +125,7 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> dict[str, Weigh
     except OSError as error:
         hint = f"fix {REGISTRY_ENV}" if os.environ.get(REGISTRY_ENV) else "reinstall hermes-seg"
         raise WeightsError(
-            f"{source}: cannot read the weights registry ({error.strerror}); {hint}"
+            f"{source}: cannot read the weights registry ({error.strerror or error}); {hint}"
         ) from error
     except tomllib.TOMLDecodeError as error:
         raise WeightsError(f"{source}: the weights registry is not valid TOML ({error})") from error
