@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from hermes_cli.commands import info, tasks, weights
+from hermes_cli.commands import info, segment, tasks, weights
 
 app = typer.Typer(
     name="hermes",
@@ -23,6 +23,7 @@ app = typer.Typer(
 
 app.command("tasks")(tasks.tasks_command)
 app.command("info")(info.info_command)
+app.command("segment")(segment.segment_command)
 app.add_typer(weights.app, name="weights")
 
 
