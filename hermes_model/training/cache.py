@@ -207,9 +207,7 @@ def _init_worker(threads: int) -> None:
 def _prepare_case(case: Case, job: dict[str, Any]) -> tuple[bool, Any]:
     """Prepare one case; (True, sidecar) or (False, message) for a user-facing problem."""
     from hermes_model.io import read_image
-
-    # prepare_label(label (i, j, k) uint8, meta, prepared) -> (D, H, W) on prepared's grid.
-    from hermes_model.preprocess import prepare, prepare_label  # type: ignore[attr-defined]
+    from hermes_model.preprocess import prepare, prepare_label
 
     try:
         image, meta = read_image(case.image)

@@ -10,9 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from hermes_model import preprocess
 from hermes_model.config import PreprocessConfig
 from hermes_model.errors import ConfigError
 from hermes_model.training.cache import CachedCase, CachedDataset, build_cache
@@ -154,19 +152,6 @@ AFFINE = np.array(  # flipped, permuted and anisotropic: (i, j, k) -> (-y, z, x)
 )
 
 
-def _nearest_label(label: np.ndarray, meta: object, prepared: preprocess.Prepared) -> torch.Tensor:
-    """Reference label path: the image's reorientation, then nearest on voxel centres."""
-    tensor = prepared.reorientation.apply(torch.from_numpy(np.ascontiguousarray(label)))
-    size = tuple(prepared.image.shape[1:])
-    return F.interpolate(tensor[None, None].float(), size=size, mode="nearest-exact")[0, 0].byte()
-
-
-@pytest.fixture()
-def label_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not hasattr(preprocess, "prepare_label"):  # until preprocess.py provides it
-        monkeypatch.setattr(preprocess, "prepare_label", _nearest_label, raising=False)
-
-
 def _msd_folder(root: Path, n: int) -> Path:
     entries = []
     for i in range(n):
@@ -188,7 +173,6 @@ def _msd_folder(root: Path, n: int) -> Path:
     return card
 
 
-@pytest.mark.usefixtures("label_path")
 def test_cache_prepares_aligned_arrays_and_resumes(tmp_path: Path) -> None:
     card = load_card(_msd_folder(tmp_path / "data", 3))
     config = PreprocessConfig(spacing=(1.5, 1.5, 1.5), patch_size=(16, 16, 16))
@@ -215,7 +199,6 @@ def test_cache_prepares_aligned_arrays_and_resumes(tmp_path: Path) -> None:
     assert batch.targets.shape == (2, 2, 16, 16, 16) and bool(batch.targets.any())
 
 
-@pytest.mark.usefixtures("label_path")
 def test_cache_names_failed_cases_and_keeps_the_others(tmp_path: Path) -> None:
     root = tmp_path / "data"
     card = load_card(_msd_folder(root, 3))
@@ -231,9 +214,6 @@ def test_cache_names_failed_cases_and_keeps_the_others(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # two spawned workers import torch: several seconds
-@pytest.mark.skipif(
-    not hasattr(preprocess, "prepare_label"), reason="needs preprocess.prepare_label"
-)
 def test_cache_in_parallel_worker_processes(tmp_path: Path) -> None:
     card = load_card(_msd_folder(tmp_path / "data", 4))
     config = PreprocessConfig(spacing=(1.5, 1.5, 1.5))
@@ -244,7 +224,6 @@ def test_cache_in_parallel_worker_processes(tmp_path: Path) -> None:
         assert np.array_equal(np.load(a.label), np.load(b.label))
 
 
-@pytest.mark.usefixtures("label_path")
 @pytest.mark.skipif(not HIPPOCAMPUS.is_dir(), reason=f"real data absent: {HIPPOCAMPUS}")
 def test_real_hippocampus_cases_cache_and_sample(tmp_path: Path) -> None:
     card = load_card(REPO / "train" / "datasets" / "hippocampus.toml")
