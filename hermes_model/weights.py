@@ -209,7 +209,7 @@ def load_checkpoint(
             "the file was edited or written by an incompatible version"
         )
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
-    model.metadata = doc
+    model.metadata = doc  # type: ignore[assignment]
     return model.to(device).eval()
 
 

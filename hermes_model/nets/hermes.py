@@ -176,8 +176,8 @@ class ResUNet(SegmentationNet):
         self.encoder = ResUNetEncoder(config)
         self.decoder = ResUNetDecoder(config)
         c0 = config.channels(0)
-        head = nn.Conv3d(c0, len(task_ids), kernel_size=1)
-        self.head_weight = nn.ParameterList([nn.Parameter(head.weight.detach().view(-1, c0))])
+        head = nn.Linear(c0, len(task_ids))  # a 1³ conv, stored as (T, C) rows per chunk
+        self.head_weight = nn.ParameterList([nn.Parameter(head.weight.detach().clone())])
         self.head_bias = nn.ParameterList([nn.Parameter(head.bias.detach().clone())])
 
     def _grow(self, n: int, generator: torch.Generator) -> None:
