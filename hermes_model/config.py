@@ -7,7 +7,7 @@ the network's input (and back). Presets are registry entries that differ only in
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hermes_model.errors import ConfigError
@@ -21,16 +21,31 @@ __all__ = [
 ]
 
 
+#: Architectures that ``hermes_model.nets.build_model`` knows.
+ARCHS: tuple[str, ...] = (
+    "resunet",
+    "hermes-r",
+    "medformer",
+    "hermes-m",
+    "multi-decoder-r",
+    "dodnet-r",
+    "clip-driven-r",
+)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a segmentation network.
 
     Attributes:
-        arch: ``resunet`` (plain multi-output ResUNet) or ``hermes-r`` (ResUNet + context priors).
+        arch: ``resunet`` (plain multi-output ResUNet) or ``hermes-r`` (ResUNet + context priors);
+            ``medformer`` (plain MedFormer) or ``hermes-m`` (MedFormer, priors inside B-MHA);
+            the universal baselines on the ResUNet backbone (paper Table 7): ``multi-decoder-r``,
+            ``dodnet-r``, ``clip-driven-r``.
         base_channels: channels of the full-resolution stage; stage ``s`` has
             ``base_channels * channel_multipliers[s]`` channels (32-64-128-256-320 for Base).
         num_blocks: residual BasicBlocks in each of the four downsampling stages (the decoder
-            mirrors them).
+            mirrors them). MedFormer: BasicBlocks at 2x, B-MHA blocks at 4x, 8x, 16x.
         fusion_encoder_scales: downsampling factors (4, 8, 16) after whose encoder stage a prior
             fusion module runs. Empty for a plain ResUNet.
         fusion_decoder_scales: decoder scales (8, 4) with a fusion module, as in the authors' code.
@@ -42,7 +57,9 @@ class ModelConfig:
         modality_prior: use the modality prior pool (ablation).
         modality_tokens: ``l``, tokens per modality (paper: 10).
         head_dim: attention head width; heads = channels // head_dim.
-        mlp_ratio: FFN hidden width as a multiple of the channels.
+        mlp_ratio: FFN hidden width as a multiple of the channels (MedFormer: MBConv expansion).
+        map_size: MedFormer semantic map edge; each B-MHA stage has ``map_size**3`` map tokens.
+        map_fusion_depth: transformer layers of MedFormer's semantic-map fusion.
     """
 
     arch: str = "hermes-r"
@@ -60,10 +77,12 @@ class ModelConfig:
     modality_tokens: int = 10
     head_dim: int = 32
     mlp_ratio: int = 4
+    map_size: int = 4
+    map_fusion_depth: int = 2
 
     def __post_init__(self) -> None:
-        if self.arch not in ("resunet", "hermes-r"):
-            raise ConfigError(f"unknown architecture {self.arch!r}; use 'resunet' or 'hermes-r'")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"unknown architecture {self.arch!r}; use one of {', '.join(ARCHS)}")
         if len(self.channel_multipliers) != 5 or len(self.num_blocks) != 4:
             raise ConfigError(
                 "channel_multipliers needs 5 entries and num_blocks 4 (four 2x downsamplings); "
@@ -76,10 +95,20 @@ class ModelConfig:
                 f"fusion scales {bad} are not allowed: encoder scales are 4, 8, 16 and "
                 "decoder scales 8, 4"
             )
-        if self.arch == "hermes-r" and not (self.fusion_encoder_scales or self.fusion_decoder_scales):
-            raise ConfigError("hermes-r needs at least one fusion scale")
+        if self.arch in ("hermes-r", "hermes-m") and not (
+            self.fusion_encoder_scales or self.fusion_decoder_scales
+        ):
+            raise ConfigError(f"{self.arch} needs at least one fusion scale")
         if self.modality_tokens < 1:
             raise ConfigError(f"modality_tokens must be >= 1, got {self.modality_tokens}")
+        if self.arch in ("medformer", "hermes-m") and (
+            min(self.num_blocks) < 1 or self.map_size < 1 or self.map_fusion_depth < 0
+        ):
+            raise ConfigError(
+                f"{self.arch} needs num_blocks >= 1 per stage, map_size >= 1 and "
+                f"map_fusion_depth >= 0; got {self.num_blocks}, {self.map_size}, "
+                f"{self.map_fusion_depth}"
+            )
 
     def channels(self, stage: int) -> int:
         """Channels of stage ``stage`` (0 = full resolution, 4 = 16x)."""
@@ -93,11 +122,15 @@ class ModelConfig:
             raise ConfigError(
                 f"unknown model option(s) {unknown}; known options: {', '.join(sorted(known))}"
             )
-        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        fixed: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()
+        }
         return dataclasses.replace(self, **fixed)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -130,7 +163,9 @@ class PreprocessConfig:
             raise ConfigError(f"patch_size must be three sizes >= 8 voxels, got {self.patch_size}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
@@ -138,13 +173,25 @@ class PreprocessConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown preprocessing option(s) {unknown}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        fixed: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**fixed)
 
 
 _NO_FUSION: dict[str, Any] = {
     "arch": "resunet",
     "fusion_encoder_scales": (),
     "fusion_decoder_scales": (),
+}
+
+_NO_PRIORS: dict[str, Any] = {"fusion_encoder_scales": (), "fusion_decoder_scales": ()}
+_TINY_RESUNET: dict[str, Any] = {"base_channels": 4, "num_blocks": (1, 1, 1, 1)}
+_TINY_MEDFORMER: dict[str, Any] = {
+    "base_channels": 4,
+    "num_blocks": (1, 1, 1, 1),
+    "head_dim": 8,
+    "mlp_ratio": 2,
+    "map_size": 2,
+    "map_fusion_depth": 1,
 }
 
 #: Named presets. ``hermes-r-*`` differ from ``resunet-*`` only by the prior fusion.
@@ -166,6 +213,18 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         mlp_ratio=2,
     ),
     "resunet-tiny": ModelConfig(base_channels=4, num_blocks=(1, 1, 1, 1), **_NO_FUSION),
+    # MedFormer as in the Hermes paper (Table 6: 43.2M; Hermes-M 44.5M with 42 tasks).
+    "medformer-base": ModelConfig(arch="medformer", num_blocks=(2, 2, 4, 8), **_NO_PRIORS),
+    "hermes-m-base": ModelConfig(arch="hermes-m", num_blocks=(2, 2, 4, 8)),
+    "medformer-tiny": ModelConfig(arch="medformer", **_TINY_MEDFORMER, **_NO_PRIORS),
+    "hermes-m-tiny": ModelConfig(arch="hermes-m", modality_tokens=4, **_TINY_MEDFORMER),
+    # Universal baselines on the ResUNet-Base backbone (paper §4.2, Table 7).
+    "multi-decoder-r": ModelConfig(arch="multi-decoder-r", **_NO_PRIORS),
+    "dodnet-r": ModelConfig(arch="dodnet-r", **_NO_PRIORS),
+    "clip-driven-r": ModelConfig(arch="clip-driven-r", **_NO_PRIORS),
+    "multi-decoder-r-tiny": ModelConfig(arch="multi-decoder-r", **_TINY_RESUNET, **_NO_PRIORS),
+    "dodnet-r-tiny": ModelConfig(arch="dodnet-r", **_TINY_RESUNET, **_NO_PRIORS),
+    "clip-driven-r-tiny": ModelConfig(arch="clip-driven-r", **_TINY_RESUNET, **_NO_PRIORS),
 }
 
 

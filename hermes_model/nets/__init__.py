@@ -6,11 +6,32 @@ from collections.abc import Sequence
 from typing import Any
 
 from hermes_model.config import ModelConfig, model_config
+from hermes_model.nets.baselines import ClipDrivenR, DoDNetR, MultiDecoderR
 from hermes_model.nets.hermes import HermesR, ResUNet, SegmentationNet
+from hermes_model.nets.medformer import HermesM, MedFormer
 
-__all__ = ["create_model", "build_model", "SegmentationNet", "HermesR", "ResUNet"]
+__all__ = [
+    "create_model",
+    "build_model",
+    "SegmentationNet",
+    "HermesR",
+    "ResUNet",
+    "MedFormer",
+    "HermesM",
+    "MultiDecoderR",
+    "DoDNetR",
+    "ClipDrivenR",
+]
 
-_ARCHS: dict[str, type[SegmentationNet]] = {"hermes-r": HermesR, "resunet": ResUNet}
+_ARCHS: dict[str, type[SegmentationNet]] = {
+    "hermes-r": HermesR,
+    "resunet": ResUNet,
+    "medformer": MedFormer,
+    "hermes-m": HermesM,
+    "multi-decoder-r": MultiDecoderR,
+    "dodnet-r": DoDNetR,
+    "clip-driven-r": ClipDrivenR,
+}
 
 
 def build_model(
