@@ -10,6 +10,7 @@ computed before this resolution, so organ volumes include their tumours.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io as stdio
 import os
@@ -109,7 +110,8 @@ def finalise(
     """Restore (T, D, H, W) model-grid probabilities to the input grid, threshold, label.
 
     One task at a time (memory: one float32 input-grid map beside the outputs): restore on the
-    probabilities' device (trilinear, ``preprocess.restore``), threshold at ``threshold``, then
+    probabilities' device (trilinear, ``preprocess.restore``), round to float16 (the precision of
+    the kept and written maps) and threshold at ``threshold`` (mask = ``p16 >= threshold``), then
     update the label map with the precedence of the module docstring. Outputs go to ``device``
     (default: the probabilities' device).
     """
@@ -127,16 +129,18 @@ def finalise(
     counts: dict[str, int] = {}
     for row in precedence_order(task_ids):
         prob = restore(probabilities[row : row + 1], prepared)[0].to(device)
-        mask = prob >= threshold
+        half = prob.half()
+        mask = half >= threshold  # the same test on the float16 maps users get: no disagreement
         masks[row] = mask
         if kept is not None:
-            kept[row] = prob
+            kept[row] = half
+        del half
         counts[task_ids[row]] = int(mask.sum())
-        score = prob
+        score, take = prob, mask & (prob > best)
         if row in parents:
-            on_parent = label == parents[row] + 1
+            on_parent = label == parents[row] + 1  # its organ won so far: replace it
             score = torch.where(on_parent, torch.maximum(prob, best), prob)
-        take = mask & (score > best)
+            take |= mask & on_parent
         label.masked_fill_(take, row + 1)  # no host sync, unlike label[take] = ...
         best = torch.where(take, score, best)
         del prob, score, take
@@ -173,7 +177,7 @@ def legend(
             "task": task,
             "name": _task_name(task),
             "voxels": result.voxel_counts[task],
-            "volume_ml": round(result.volumes_ml[task], 4),
+            "volume_ml": round(result.volumes_ml[task], 6),
         }
         if files and task in files:
             entry["file"] = files[task]
@@ -205,7 +209,7 @@ def stats_rows(case: str, result: SegmentationResult, input_file: str) -> list[d
             "name": _task_name(task),
             "label": value,
             "voxels": result.voxel_counts[task],
-            "volume_ml": round(result.volumes_ml[task], 4),
+            "volume_ml": round(result.volumes_ml[task], 6),
             "modality": result.modality,
             "modality_confidence": round(result.modality_confidence, 3),
         }
@@ -335,7 +339,8 @@ def write_bytes_atomically(path: str | Path, payload: bytes) -> Path:
             handle.write(payload)
         os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the folder itself could not be made
+            temporary.unlink(missing_ok=True)
         raise OutputError(
             f"{path}: cannot write the output ({error.strerror or error}); check that the folder "
             "is writable, not full, and that the path is not a folder"
