@@ -260,8 +260,11 @@ class ClipDrivenR(SegmentationNet):
         self.controller = nn.Linear(2 * self.WIDTH, DYNAMIC_PARAMS)
         self.head = DynamicHead(config.channels(0))
 
-    def _text_chunks(self) -> list[torch.Tensor]:
-        return [getattr(self, f"text_embedding_{i}") for i in range(len(self.task_chunks))]
+    def text_table(self) -> torch.Tensor:
+        """Prompt embeddings of all tasks ``(|T|, |M|, E)`` (NaN rows: not in the table)."""
+        return torch.cat(
+            [getattr(self, f"text_embedding_{i}") for i in range(len(self.task_chunks))]
+        )
 
     def add_tasks(self, task_ids: Sequence[str], seed: int = 0) -> None:
         """Add tasks by their prompt embeddings (NaN rows, unusable, for tasks the table lacks)."""
@@ -278,7 +281,7 @@ class ClipDrivenR(SegmentationNet):
         return []
 
     def _embeddings(self, task_idx: torch.Tensor, modality_idx: torch.Tensor) -> torch.Tensor:
-        table = torch.cat(self._text_chunks())  # (|T|, |M|, E)
+        table = self.text_table()
         valid = task_idx >= 0
         text = table[task_idx.clamp(min=0), modality_idx[:, None]]  # (B, T, E)
         missing = torch.isnan(text).any(-1) & valid
