@@ -1,0 +1,219 @@
+"""Everything a run needs before its first step: checked and cached data, the starting
+weights, the model (with new tasks added and, for incremental learning, frozen), provenance.
+
+Data checks fail early and name the case: ``cards.validate`` (tasks, splits, files present)
+before caching, the cache's own per-case errors (unreadable file, image/label grid mismatch),
+then every cached label value against the card's ``[labels]`` and ``ignore_labels`` (from the
+cache's sidecars, without reading the labels again).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hermes_model.errors import ConfigError
+from hermes_model.nets.hermes import SegmentationNet
+from hermes_model.training.cache import CachedDataset, build_cache
+from hermes_model.training.cards import Case, DatasetCard, validate
+from hermes_model.training.distributed import DistContext
+from hermes_model.training.recipe import Recipe
+
+__all__ = [
+    "TrainingData",
+    "StartWeights",
+    "prepare_data",
+    "load_start",
+    "make_model",
+    "freeze_all_but_new_tasks",
+    "git_commit",
+    "data_licence",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Cached training and validation cases, one entry per recipe dataset (same order)."""
+
+    cards: tuple[DatasetCard, ...]
+    train: tuple[CachedDataset, ...]
+    val: tuple[CachedDataset, ...]
+
+    @property
+    def tasks(self) -> list[str]:
+        """Every dataset task, in dataset order, without repeats."""
+        return list(dict.fromkeys(t for d in self.train for t in d.tasks))
+
+    @property
+    def groups(self) -> dict[str, list[str]]:
+        """Dataset name -> its task set (what training feeds the model together)."""
+        return {d.name: list(d.tasks) for d in self.train}
+
+
+@dataclass(frozen=True)
+class StartWeights:
+    """The checkpoint a run starts from: its model (CPU, eval), groups and identity."""
+
+    model: SegmentationNet
+    task_groups: dict[str, list[str]]
+    name: str
+    sha256: str
+    source: str
+    path: Path
+
+
+def _known_tasks(card: DatasetCard) -> set[str]:
+    """Registered tasks, plus the card's tasks in namespaces the registry does not use.
+
+    A typo in a registered namespace (``bcv/spleeen``) is an error; a new namespace
+    (``mydata/lesion``) declares new tasks, which the model learns as new tokens.
+    """
+    from hermes_model import tasks as registry
+
+    known = {t.id for t in registry.all_tasks()}
+    namespaces = {t.split("/", 1)[0] for t in known}
+    return known | {t for t in card.tasks if t.split("/", 1)[0] not in namespaces}
+
+
+def _check_label_values(card: DatasetCard, cached: CachedDataset) -> None:
+    allowed = set(card.labels) | set(card.ignore_labels)
+    for case in cached.cases:
+        unknown = sorted(set(case.foreground_counts) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"{card.source}: case {case.case_id}: label values {unknown} are not in "
+                "[labels]; map them to tasks or list them in ignore_labels"
+            )
+
+
+def prepare_data(recipe: Recipe, context: DistContext, progress: bool) -> TrainingData:
+    """Check every dataset, then cache its training cases (the recipe's split and subset) and
+    validation cases (``validation.split``, the first ``max_cases``).
+
+    The cache lives in ``train.cache_dir`` (relative paths: the working directory). Under DDP,
+    rank 0 builds it while the other ranks wait, then they read its sidecars.
+    """
+    plans = []
+    for entry in recipe.datasets:
+        card = entry.load()
+        validate(card, entry.split, scan=False, known_tasks=_known_tasks(card))
+        val_cases = validate(card, recipe.validation.split, scan=False, known_tasks=card.tasks)
+        if recipe.validation.max_cases:
+            val_cases = val_cases[: recipe.validation.max_cases]
+        plans.append((card, entry.cases(card), val_cases))
+    if context.is_main:
+        data = _build(plans, recipe, progress)
+    context.barrier()
+    if not context.is_main:
+        data = _build(plans, recipe, False)
+    return data
+
+
+def _build(
+    plans: list[tuple[DatasetCard, list[Case], list[Case]]], recipe: Recipe, progress: bool
+) -> TrainingData:
+    root = Path(recipe.train.cache_dir).expanduser()
+    options: dict[str, Any] = {
+        "dtype": recipe.train.cache_dtype,
+        "workers": recipe.train.cache_workers,
+        "progress": progress,
+    }
+    train, val = [], []
+    for card, train_cases, val_cases in plans:
+        train.append(build_cache(card, recipe.preprocess, root, train_cases, **options))
+        val.append(build_cache(card, recipe.preprocess, root, val_cases, **options))
+        _check_label_values(card, train[-1])
+        _check_label_values(card, val[-1])
+    return TrainingData(tuple(p[0] for p in plans), tuple(train), tuple(val))
+
+
+def load_start(spec: str, context: DistContext) -> StartWeights:
+    """Resolve (download on rank 0 first) and load the starting checkpoint on the CPU."""
+    from hermes_model.hub import resolve_weights
+    from hermes_model.weights import default_groups, load_checkpoint
+
+    if context.is_main:
+        resolved = resolve_weights(spec)
+    context.barrier()
+    if not context.is_main:
+        resolved = resolve_weights(spec)
+    model = load_checkpoint(resolved.path, device="cpu")
+    metadata: dict[str, Any] = getattr(model, "metadata", {})
+    groups = metadata.get("task_groups") or default_groups(list(model.task_ids))
+    groups = {str(k): [t for t in v if t in model.task_ids] for k, v in groups.items()}
+    return StartWeights(
+        model, groups, resolved.name, resolved.sha256, resolved.source, resolved.path
+    )
+
+
+def make_model(recipe: Recipe, tasks: list[str], start: StartWeights | None) -> SegmentationNet:
+    """The model to train: a copy of ``start`` with the tasks it lacks added (seeded by the
+    recipe's seed), or a fresh ``recipe.model`` (initialised after ``torch.manual_seed``)."""
+    from hermes_model.nets import build_model
+
+    if start is None:
+        torch.manual_seed(recipe.seed)
+        return build_model(recipe.model.config, tasks)
+    model = copy.deepcopy(start.model)
+    if model.config != recipe.model.config:
+        log.warning(
+            "the starting weights' architecture (%s) differs from the recipe's [model]; the "
+            "weights' architecture is used",
+            model.config.arch,
+        )
+    model.add_tasks([t for t in tasks if t not in model.task_ids], seed=recipe.seed)
+    return model
+
+
+def freeze_all_but_new_tasks(model: SegmentationNet) -> list[nn.Parameter]:
+    """Freeze every parameter except ``model.new_task_parameters()``; return those.
+
+    Buffers are never trained; norm layers' affine parameters (LayerNorm in fusion and head)
+    are parameters and so are frozen too.
+    """
+    new = list(model.new_task_parameters())
+    if not new:
+        raise ConfigError(
+            f"the {model.config.arch} architecture has no task-specific parameters to train "
+            "alone; incremental learning cannot keep its old tasks fixed (use hermes finetune)"
+        )
+    ids = {id(p) for p in new}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in ids)
+    return new
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with ``-dirty`` for local changes), or None outside git."""
+    folder = Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(folder), "describe", "--always", "--dirty", "--abbrev=40"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def data_licence(card: DatasetCard) -> str | None:
+    """The ``licence`` (or ``license``) field of the dataset's own JSON, when it has one."""
+    try:
+        doc = json.loads((card.root / card.dataset_json).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    value = doc.get("licence", doc.get("license")) if isinstance(doc, dict) else None
+    return str(value) if value else None
