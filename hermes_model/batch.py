@@ -101,6 +101,7 @@ class CaseReport:
     volumes_ml: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -258,7 +259,8 @@ def write_case(
 def _recognised_errors() -> tuple[type[BaseException], ...]:
     import torch
 
-    return (HermesError, torch.OutOfMemoryError, MemoryError)
+    out_of_memory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch < 2.5
+    return (HermesError, out_of_memory, MemoryError)
 
 
 def _failure(case: str, path: Path, error: BaseException, seconds: float) -> CaseReport:
@@ -419,6 +421,7 @@ class _Pipeline:
                 case, str(path), "done", seconds=compute + result.timings["write"],
                 outputs=outputs, volumes_ml=dict(result.volumes_ml),
                 warnings=list(result.warnings), rows=stats_rows(case, result, str(path)),
+                timings=dict(result.timings),
             )  # fmt: skip
 
         return self.writer.submit(_guard(write, lambda e: _failure(case, path, e, compute)))

@@ -522,6 +522,8 @@ class Segmenter:
         modality gives a warning. Unknown names raise TaskError listing the closest names.
         """
         available = self.task_ids
+        if isinstance(names, str):
+            names = [names]  # "liver,spleen" is one comma-separated name list
         if not names:
             if modality is None:
                 return available, []

@@ -6,6 +6,7 @@ stderr and prints the summary table on stdout. torch is imported only when the c
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hermes_cli._common import DebugOption, err, fail, handle_errors, out
+from hermes_model.tasks import MODALITIES
 
 if TYPE_CHECKING:
     from hermes_model.batch import BatchReport, CaseReport
@@ -39,11 +41,14 @@ Weights = Annotated[
         "registry's default weights (small, offline); larger weights are slower and better."
     ),
 ]
+# Choices come from the registry (as in ``hermes tasks``); mypy cannot see the members.
+ModalityChoice = enum.Enum("ModalityChoice", {m.upper(): m for m in MODALITIES}, type=str)  # type: ignore[misc]
 Modality = Annotated[
-    str | None,
+    ModalityChoice | None,
     typer.Option(
-        help="ct or mr for every scan. Default: the DICOM tag, else detected from intensities "
-        "(fast, usually right; force it for unusual scans)."
+        case_sensitive=False,
+        help="Modality of every scan. Default: the DICOM tag, else detected from intensities "
+        "(fast, usually right; force it for unusual scans).",
     ),
 ]
 Device = Annotated[
@@ -177,7 +182,8 @@ def segment_command(
         from hermes_model.batch import BatchOptions, parse_shard, segment_files
 
         options = BatchOptions(
-            output_dir=output, tasks=[tasks] if tasks else None, modality=modality,
+            output_dir=output, tasks=[tasks] if tasks else None,
+            modality=modality.value if modality else None,
             weights=weights, device=device, overlap=overlap, tta=tta, precision=precision,
             batch_size=batch_size, split=split, probabilities=probabilities, preview=preview,
             stats=stats, skip_existing=skip_existing,

@@ -1,0 +1,257 @@
+"""Benchmark (not a test): Hermes end to end against MONAI's usual pipeline, same network and
+weights, same volumes, one run, so the ratio is meaningful.
+
+Both pipelines go from the file on disk to masks written to disk:
+
+    Hermes  io.read_image -> prepare (on the device) -> sliding window -> restore + threshold +
+            label map (on the device) -> label map + one mask per task written (batch.write_case)
+    MONAI   LoadImaged, EnsureChannelFirstd, Orientationd(RAS), Spacingd, ScaleIntensityRanged
+            (+ NormalizeIntensityd, so that the network sees Hermes' z-scored input) ->
+            sliding_window_inference on a plain tensor (same window, overlap, Gaussian sigma
+            1/8, batch, autocast)
+            -> sigmoid -> Invertd (trilinear, on the CPU as usual) -> AsDiscreted(0.5) ->
+            SaveImaged (one multi-channel uint8 mask file)
+
+The volumes: a synthetic CT-like scan (``--size N``: N x N x round(300 N / 512) voxels of
+0.78 x 0.78 x 1.5 mm; 512 gives the 512 x 512 x 300 CT of DESIGN.md) and a real CT from
+../shared/data. The checkpoint is a randomly initialised ``--preset`` with the 15 AMOS CT tasks
+(one task group), saved with 1.5 mm spacing and a ``--patch`` window. The table gives seconds
+per stage (restore = Hermes' restore + threshold + label map, MONAI's Invertd + AsDiscreted),
+the totals, their ratio, and the mean Dice between the two pipelines' masks (their resampled
+grids differ slightly, and random weights give noisy masks, so expect well below 1).
+
+    python bench/segment_vs_monai.py                                   # GPU defaults
+    python bench/segment_vs_monai.py --device cpu --preset hermes-r-small --size 192 --patch 96
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from hermes_model import create_model, save_checkpoint
+from hermes_model.batch import BatchOptions, write_case
+from hermes_model.config import PreprocessConfig
+from hermes_model.inference import Segmenter, autocast_dtype, resolve_device
+from hermes_model.io import read_image
+from hermes_model.tasks import get_dataset
+
+REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos_ct_liver"
+
+
+def synthetic_ct(path: Path, size: int, seed: int = 0) -> Path:
+    """A CT-like int16 volume in HU: air, a body ellipse of fat and soft tissue, organ-like
+    ellipsoids, bone, noise; LPS-stored like scanner exports."""
+    rng = np.random.default_rng(seed)
+    slices = max(32, round(300 * size / 512))
+    i, j, k = np.meshgrid(
+        np.linspace(-1, 1, size), np.linspace(-1, 1, size), np.linspace(-1, 1, slices),
+        indexing="ij", sparse=True,
+    )  # fmt: skip
+    image = np.full((size, size, slices), -1000.0, dtype=np.float32)
+    body = (i / 0.85) ** 2 + (j / 0.65) ** 2 < 1
+    image[np.broadcast_to(body, image.shape)] = -90.0
+    image[np.broadcast_to((i / 0.75) ** 2 + (j / 0.55) ** 2 < 1, image.shape)] = 40.0
+    for _ in range(8):
+        centre = rng.uniform(-0.5, 0.5, size=3)
+        radii = rng.uniform(0.1, 0.3, size=3)
+        inside = sum(((g - c) / r) ** 2 for g, c, r in zip((i, j, k), centre, radii, strict=True))
+        image[inside < 1] = rng.uniform(20, 180)
+    image[np.broadcast_to(((i - 0.0) / 0.08) ** 2 + ((j + 0.45) / 0.08) ** 2 < 1, image.shape)] = (
+        700
+    )
+    image += rng.normal(0, 15, size=image.shape).astype(np.float32)
+    affine = np.diag([-0.78125, -0.78125, 1.5, 1.0])
+    affine[:3, 3] = (200.0, 200.0, -225.0)
+    img = nib.Nifti1Image(image.astype(np.int16), affine)
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    nib.save(img, path)
+    return path
+
+
+def make_checkpoint(folder: Path, preset: str, patch: int) -> tuple[Path, list[str]]:
+    tasks = list(get_dataset("amos_ct").tasks)
+    torch.manual_seed(0)
+    model = create_model(preset, tasks=tasks)
+    config = PreprocessConfig(spacing=(1.5, 1.5, 1.5), patch_size=(patch, patch, patch))
+    return save_checkpoint(model, folder / f"{preset}.safetensors", preprocess=config), tasks
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_hermes(segmenter: Segmenter, path: Path, out: Path) -> tuple[dict[str, float], np.ndarray]:
+    """Seconds per stage (read ... write) and the (T, I, J, K) masks."""
+    start = time.perf_counter()
+    array, meta = read_image(path)
+    read = time.perf_counter() - start
+    result = segmenter.segment((array, meta), probabilities=False)
+    begin = time.perf_counter()
+    options = BatchOptions(output_dir=out, split=True)
+    write_case(path.name.split(".")[0], str(path), result, array, options)
+    timings = {**result.timings, "read": read, "write": time.perf_counter() - begin}
+    timings["total"] = time.perf_counter() - start
+    return timings, result.masks.cpu().numpy()
+
+
+def run_monai(
+    model: Any, tasks: list[str], path: Path, out: Path, args: argparse.Namespace
+) -> tuple[dict[str, float], np.ndarray]:
+    """MONAI's usual inference pipeline; seconds per stage and the (T, I, J, K) masks."""
+    from monai.data import MetaTensor
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import (
+        AsDiscreted,
+        Compose,
+        EnsureChannelFirstd,
+        Invertd,
+        LoadImaged,
+        NormalizeIntensityd,
+        Orientationd,
+        SaveImaged,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
+
+    device = resolve_device(args.device)
+    pre = Compose(
+        [
+            LoadImaged("image", image_only=False),
+            EnsureChannelFirstd("image"),
+            Orientationd("image", axcodes="RAS"),
+            Spacingd("image", pixdim=(1.5, 1.5, 1.5), mode="bilinear"),
+            ScaleIntensityRanged("image", a_min=-990, a_max=500, b_min=0, b_max=1, clip=True),
+            NormalizeIntensityd("image"),
+        ]
+    )
+    post = Compose(
+        [
+            Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False),
+            AsDiscreted("pred", threshold=0.5),
+        ]
+    )
+    save = SaveImaged(
+        "pred", output_dir=str(out), output_postfix="seg", output_dtype=np.uint8,
+        separate_folder=False, print_log=False, resample=False,
+    )  # fmt: skip
+    task_idx = torch.tensor([model.task_ids.index(t) for t in tasks], device=device)
+    modality = torch.zeros(1, dtype=torch.long, device=device)
+    dtype = autocast_dtype(device, "auto")
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x, task_idx.expand(len(x), -1), modality.expand(len(x)))
+        return logits.float()
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    data = pre({"image": str(path)})
+    timings["read+preprocess"] = time.perf_counter() - start
+    begin = time.perf_counter()
+    with torch.inference_mode():
+        # A plain tensor: MetaTensor's per-op dispatch would slow the network down (its best case).
+        image = data["image"].as_tensor()[None].to(device)
+        logits = sliding_window_inference(
+            image, [args.patch] * 3, args.batch_size, predictor, overlap=args.overlap,
+            mode="gaussian", sigma_scale=0.125, sw_device=device, device=device,
+        )  # fmt: skip
+        assert isinstance(logits, torch.Tensor)
+        # Post-processing on the CPU, as usual; a MetaTensor so that Invertd finds the image's
+        # transform trace (it silently skips inverting a plain tensor).
+        data["pred"] = MetaTensor(torch.sigmoid(logits[0]).cpu())
+    _sync(device)
+    timings["network"] = time.perf_counter() - begin
+    begin = time.perf_counter()
+    data = post(data)
+    timings["invert+threshold"] = time.perf_counter() - begin
+    if tuple(data["pred"].shape[1:]) != tuple(data["image"].meta["spatial_shape"]):
+        raise RuntimeError(f"MONAI's Invertd did not restore the input grid: {data['pred'].shape}")
+    begin = time.perf_counter()
+    save(data)
+    timings["write"] = time.perf_counter() - begin
+    timings["total"] = time.perf_counter() - start
+    return timings, np.asarray(data["pred"]).astype(bool)
+
+
+def _stages(t: dict[str, float]) -> list[str]:
+    """read+prep, network, restore, write, total of either pipeline, formatted."""
+    values = [
+        t.get("read", 0.0) + t.get("prepare", 0.0) + t.get("read+preprocess", 0.0),
+        t["network"],
+        t.get("restore", 0.0) + t.get("invert+threshold", 0.0),
+        t["write"],
+        t["total"],
+    ]
+    return [f"{v:.2f}" for v in values]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    parser.add_argument("--preset", default="hermes-r-base", help="model preset (random weights)")
+    parser.add_argument("--size", type=int, default=512, help="synthetic in-plane size N")
+    parser.add_argument("--patch", type=int, default=128, help="window edge in voxels")
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--batch-size", type=int, default=4, help="windows per forward")
+    parser.add_argument("--no-real", action="store_true", help="skip the real CT")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per pipeline (best kept)")
+    args = parser.parse_args()
+    console = Console(width=150)
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory(prefix="hermes-bench-") as tmp:
+        folder = Path(tmp)
+        weights, tasks = make_checkpoint(folder, args.preset, args.patch)
+        volumes = {f"synthetic {args.size}": synthetic_ct(folder / "synthetic.nii.gz", args.size)}
+        real = REAL_CT / "chaos_ct_sample_0000.nii.gz"
+        if real.is_file() and not args.no_real:
+            volumes["CHAOS CT 512x512x78"] = real
+        segmenter = Segmenter(weights, device=device, overlap=args.overlap,
+                              batch_size=args.batch_size)  # fmt: skip
+        warm = synthetic_ct(folder / "warm.nii.gz", 64)  # first-call costs (cuDNN, allocator)
+        run_hermes(segmenter, warm, folder / "warm-h")
+        run_monai(segmenter.model, tasks, warm, folder / "warm-m", args)
+        table = Table(title=f"{args.preset}, {len(tasks)} tasks, {device}, patch {args.patch}, "
+                            f"overlap {args.overlap}, batch {args.batch_size}; seconds, best of "
+                            f"{args.repeats}")  # fmt: skip
+        columns = ("volume", "pipeline", "read+prep", "network", "restore", "write", "total")
+        for column in (*columns, "MONAI/Hermes", "Dice"):
+            table.add_column(column, justify="left" if column in columns[:2] else "right")
+        for name, path in volumes.items():
+            shape = read_image(path)[1].shape
+            best: dict[str, dict[str, float]] = {}
+            for _ in range(args.repeats):  # alternate, so that load changes hit both alike
+                hermes, masks_h = run_hermes(segmenter, path, folder / "hermes")
+                monai, masks_m = run_monai(segmenter.model, tasks, path, folder / "monai", args)
+                for key, timings in (("Hermes", hermes), ("MONAI", monai)):
+                    if key not in best or timings["total"] < best[key]["total"]:
+                        best[key] = timings
+            agreement = np.mean([dice(h, m) for h, m in zip(masks_h, masks_m, strict=True)])
+            label = f"{name} {tuple(shape)}"
+            for pipeline, t in best.items():
+                stages = _stages(t)
+                last = pipeline == "MONAI"
+                ratio = f"{best['MONAI']['total'] / best['Hermes']['total']:.2f}x" if last else ""
+                table.add_row(label, pipeline, *stages, ratio, f"{agreement:.3f}" if last else "")
+                label = ""
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
