@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from hermes_cli.commands import info, segment, tasks, weights
+from hermes_cli.commands import evaluate, info, segment, tasks, train, weights
 
 app = typer.Typer(
     name="hermes",
@@ -25,6 +25,10 @@ app.command("tasks")(tasks.tasks_command)
 app.command("info")(info.info_command)
 app.command("segment")(segment.segment_command)
 app.add_typer(weights.app, name="weights")
+app.command("train")(train.train_command)
+app.command("finetune")(train.finetune_command)
+app.command("incremental")(train.incremental_command)
+app.command("evaluate")(evaluate.evaluate_command)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -91,8 +91,8 @@ def _check_label_values(card: DatasetCard, cached: CachedDataset) -> None:
         unknown = sorted(set(case.foreground_counts) - allowed)
         if unknown:
             raise ConfigError(
-                f"{card.source}: case {case.case_id}: label values {unknown} are not in "
-                "[labels]; map them to tasks or list them in ignore_labels"
+                f"{card.source}: case {case.case_id}: label values {unknown} are not in the "
+                "card's labels table; map them to tasks or list them in ignore_labels"
             )
 
 

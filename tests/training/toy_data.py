@@ -43,10 +43,12 @@ def write_dataset(
     modality: str = "mr",
     seed: int = 0,
     val: int = 1,
+    values: Sequence[int] | None = None,
 ) -> Path:
     """An MSD-layout dataset under ``root/name`` and its card ``root/name.toml``.
 
-    The last ``val`` cases form the ``val`` split, the others ``train``.
+    The last ``val`` cases form the ``val`` split, the others ``train``. ``values``: the label
+    values drawn (default: the card's), e.g. one more to test an unmapped value.
     """
     labels = dict(labels or MR_TASKS)
     folder = root / name
@@ -54,7 +56,7 @@ def write_dataset(
     affine = np.diag([SPACING, SPACING, SPACING, 1.0])
     affine[:3, 3] = (-20.0, 10.0, 5.0)
     for i, case_id in enumerate(ids):
-        image, label = _case(seed * 1000 + i, sorted(labels), modality)
+        image, label = _case(seed * 1000 + i, sorted(values or labels), modality)
         for sub, array in (("imagesTr", image), ("labelsTr", label)):
             (folder / sub).mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(array, affine), str(folder / sub / f"{case_id}.nii.gz"))
