@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from training.toy_data import MR_TASKS, train_losses, write_dataset, write_recipe
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from hermes_cli.main import app
 from hermes_model import create_model, save_checkpoint
@@ -41,7 +41,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def _train(*args: str) -> object:
+def _train(*args: str) -> Result:
     return runner.invoke(app, ["train", "--no-progress", *args])
 
 
@@ -120,6 +120,7 @@ def test_incremental_command_and_evaluate_predictions(tmp_path: Path) -> None:
     import numpy as np
 
     empty = nib.load(gt / "toyct_001.nii.gz")
+    assert isinstance(empty, nib.Nifti1Image)
     nib.save(
         nib.Nifti1Image(np.zeros(empty.shape, np.uint8), empty.affine), pred / "toyct_001.nii.gz"
     )
@@ -133,3 +134,36 @@ def test_incremental_command_and_evaluate_predictions(tmp_path: Path) -> None:
         "missed"
     )
     assert "toyct_002" in result.output  # the case without a prediction is reported
+
+
+def test_evaluate_predictions_reads_the_legend_and_counts_empty_cases(tmp_path: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    from hermes_model.training.evaluate import evaluate_predictions
+
+    affine = np.diag([0.8, 0.8, 2.0, 1.0])
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    truth = np.zeros((20, 20, 10), np.uint8)
+    truth[5:12, 6:14, 3:7] = 2  # the dataset's value 2 is the organ
+    predicted = np.where(truth == 2, 1, 0).astype(np.uint8)  # hermes segment numbers from 1
+    for folder, a, b in (
+        (gt_dir, truth, np.zeros_like(truth)),
+        (pred_dir, predicted, np.zeros_like(truth)),
+    ):
+        nib.save(nib.Nifti1Image(a, affine), folder / "c1.nii.gz")
+        nib.save(nib.Nifti1Image(b, affine), folder / "c2.nii.gz")
+    legend = {"labels": [{"value": 1, "task": "toyct/organ"}]}
+    for case in ("c1", "c2"):
+        (pred_dir / f"{case}.json").write_text(json.dumps(legend))
+    report = evaluate_predictions(pred_dir, gt_dir, {2: "toyct/organ"})
+    assert [(r.case, r.dice, r.hd95, r.status) for r in report.rows] == [
+        ("c1", 1.0, 0.0, "both_present"),
+        ("c2", 1.0, 0.0, "both_empty"),
+    ]
+    (summary,) = report.summary()
+    assert (summary.cases, summary.both_empty, summary.missed) == (2, 1, 0)
+    doc = report.to_dict()
+    assert doc["mean_dice"] == 1.0 and doc["tasks"][0]["both_empty"] == 1

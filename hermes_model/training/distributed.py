@@ -11,6 +11,7 @@ Rank 0 logs, validates and writes files; the others wait at :meth:`DistContext.b
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,7 +131,12 @@ def setup(device: torch.device) -> DistContext:
     owns = not torch.distributed.is_initialized()
     if owns:
         backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+        kwargs: dict[str, Any] = {}
+        if (
+            device.type == "cuda"
+            and "device_id" in inspect.signature(torch.distributed.init_process_group).parameters
+        ):  # torch >= 2.3: bind the group to this GPU (eager NCCL init)
+            kwargs["device_id"] = device
         # Rank 0 validates while the others wait at a barrier: allow long validations.
         torch.distributed.init_process_group(
             backend, rank=rank, world_size=world, timeout=timedelta(hours=2), **kwargs

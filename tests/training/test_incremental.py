@@ -18,7 +18,7 @@ from hermes_model.training import prepare
 from hermes_model.training.cache import build_cache
 from hermes_model.training.cards import load_card
 from hermes_model.training.loop import train
-from hermes_model.training.recipe import load_recipe
+from hermes_model.training.recipe import Recipe, load_recipe
 from hermes_model.training.validation import (
     IncrementalCheckError,
     changed_tensors,
@@ -51,7 +51,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _recipe(setup: dict[str, Path], folder: Path, **train_settings: object) -> object:
+def _recipe(setup: dict[str, Path], folder: Path, **train_settings: object) -> Recipe:
     path = write_recipe(
         folder, [setup["new"]], setup["cache"],
         train={"iterations": 3, **train_settings},

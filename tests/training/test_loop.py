@@ -15,6 +15,7 @@ from toy_data import MR_TASKS, train_losses, write_dataset, write_recipe
 
 from hermes_model import create_model, save_checkpoint
 from hermes_model.errors import ConfigError
+from hermes_model.nets import HermesR
 from hermes_model.training import trainer as trainer_module
 from hermes_model.training.loop import train
 from hermes_model.training.recipe import load_recipe
@@ -149,11 +150,69 @@ def test_mixed_batches_pad_task_slots_and_padding_gets_no_gradient(
                    progress=False)  # fmt: skip
     counts = [sorted(set(m.sum(1).tolist())) for m in masks]
     assert [1, 2] in counts, f"no batch mixed 1-task and 2-task samples: {counts}"
-    trained = result.model
-    for name, fusion in trained.enc_fusion.items():
-        old = start.enc_fusion[name].task_prior[0]
-        new = fusion.task_prior[0]
+    assert isinstance(result.model, HermesR) and isinstance(start, HermesR)
+    for name, fusion in result.model.enc_fusion.items():
+        old = start.enc_fusion[name].task_prior[0]  # type: ignore[index]
+        new = fusion.task_prior[0]  # type: ignore[union-attr, index]
         assert torch.equal(new[0], old[0]), f"padding moved the unused token at scale {name}"
         assert not torch.equal(new[1:], old[1:]), "the real tasks' tokens did not train"
     groups = read_metadata(tmp_path / "run" / "last.safetensors")["task_groups"]
     assert groups["toymr"] == list(MR_TASKS.values()) and groups["toyct"] == ["toyct/organ"]
+
+
+@pytest.mark.parametrize("name", ["lamb", "adamw"])
+def test_optimizer_state_round_trips_through_safetensors_and_json(
+    name: str, tmp_path: Path
+) -> None:
+    from hermes_model.training.optim import make_optimizer
+    from hermes_model.training.recipe import OptimizerSettings
+    from hermes_model.training.resume import (
+        TrainState,
+        flatten_optimizer,
+        load_state,
+        save_state,
+        unflatten_optimizer,
+    )
+
+    def setup() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+        return model, make_optimizer(model.parameters(), OptimizerSettings(name=name, lr=0.01))
+
+    def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, seed: int) -> None:
+        x = torch.randn(5, 4, generator=torch.Generator().manual_seed(seed))
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        optimizer.step()
+
+    model, optimizer = setup()
+    for seed in range(3):
+        step(model, optimizer, seed)
+    tensors, doc = flatten_optimizer(optimizer.state_dict())
+    state = TrainState(doc={"optimizer": doc})
+    state.put("optimizer", tensors)
+    state.put("model", model.state_dict())
+    save_state(tmp_path, state)
+    loaded = load_state(tmp_path)
+    twin, twin_optimizer = setup()
+    twin.load_state_dict(loaded.section("model"))
+    twin_optimizer.load_state_dict(
+        unflatten_optimizer(loaded.section("optimizer"), loaded.doc["optimizer"])
+    )
+    step(model, optimizer, 9)
+    step(twin, twin_optimizer, 9)
+    assert _same_weights(model.state_dict(), twin.state_dict())
+    assert "pickle" not in (tmp_path / "state.json").read_text()
+
+
+def test_a_state_json_from_another_save_is_not_mixed_with_newer_tensors(tmp_path: Path) -> None:
+    from hermes_model.training.resume import TrainState, load_state, save_state
+
+    save_state(tmp_path, TrainState({"x": torch.zeros(2)}, {"iteration": 1}))
+    stale = (tmp_path / "state.json").read_text()
+    save_state(tmp_path, TrainState({"x": torch.ones(2)}, {"iteration": 2}))
+    (tmp_path / "state.json").write_text(stale)  # as if a crash fell between the two renames
+    state = load_state(tmp_path)
+    assert state.doc["iteration"] == 2 and torch.equal(state.tensors["x"], torch.ones(2))
+    with pytest.raises(ConfigError, match="no state.safetensors to resume from"):
+        load_state(tmp_path / "elsewhere")
