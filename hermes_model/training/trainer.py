@@ -131,9 +131,9 @@ class Trainer:
             options.mode == "train" and recipe.train.trainable == "new_tasks"
         )
         self._check_output()
-        self.data = prepare.prepare_data(recipe, context, options.progress)
         spec = options.init_weights or recipe.train.init_from
-        self.start = prepare.load_start(spec, context) if spec else None
+        self.start = prepare.load_start(spec, context) if spec else None  # before slow caching
+        self.data = prepare.prepare_data(recipe, context, options.progress)
         self.model = prepare.make_model(recipe, self.data.tasks, self.start).to(self.device)
         self.trainable = self._trainable_parameters()
         self.groups = self._task_groups()
@@ -362,23 +362,30 @@ class Trainer:
 
     def _validate(self) -> None:
         """Validate on rank 0 (the others wait); keep ``best.safetensors`` up to date."""
-        if self.main and self.runlog is not None:
-            result = validate_cached(
-                self.export_model, self.data.val, self.groups, self.window, self.device
-            )
-            mean = result.mean
-            improved = math.isfinite(mean) and (self.best_dice is None or mean > self.best_dice)
-            self.last_val = dict(result.tasks)
-            if improved:
-                self.best_dice, self.best_iteration = mean, self.iteration
-                self._save_weights("best.safetensors")
-            self.runlog.add({
-                "kind": "val", "iteration": self.iteration, "val_dice": mean,
-                "val_tasks": result.tasks, "val_cases": len(result.cases), "best": improved,
-                "elapsed_s": round(self.seconds(), 3), "time": _utc_now(),
-            })  # fmt: skip
+        if self.main:
+            self._validate_here()
         self.validated_at = self.iteration
         self.ctx.barrier()
+
+    def _validate_here(self) -> None:
+        result = validate_cached(
+            self.export_model, self.data.val, self.groups, self.window, self.device
+        )
+        assert self.runlog is not None  # the main process always keeps the log
+        if not result.tasks:
+            log.warning("no validation cases (split %r)", self.recipe.validation.split)
+            return
+        mean = result.mean
+        improved = math.isfinite(mean) and (self.best_dice is None or mean > self.best_dice)
+        self.last_val = dict(result.tasks)
+        if improved:
+            self.best_dice, self.best_iteration = mean, self.iteration
+            self._save_weights("best.safetensors")
+        self.runlog.add({
+            "kind": "val", "iteration": self.iteration, "val_dice": mean,
+            "val_tasks": result.tasks, "val_cases": len(result.cases), "best": improved,
+            "elapsed_s": round(self.seconds(), 3), "time": _utc_now(),
+        })  # fmt: skip
 
     def _check_old_outputs(self) -> None:
         """Incremental learning: old groups bit-identical on the validation cases, or no files."""
