@@ -409,6 +409,7 @@ class _Pipeline:
             failed.set_result(_failure(case, path, error, time.perf_counter() - start))
             return failed
         result.timings["read"] = read_seconds
+        result = result.to("cpu")  # frees the device for the next case; the writer is CPU-only
         compute = time.perf_counter() - start
 
         def write() -> CaseReport:

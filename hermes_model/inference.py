@@ -28,6 +28,7 @@ Choices, documented once:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import time
@@ -157,14 +158,18 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
 def gaussian_importance(
     window: tuple[int, int, int], sigma_scale: float = 1.0 / 8.0, device: Any = "cpu"
 ) -> torch.Tensor:
-    """(D, H, W) float32 Gaussian weights: sigma = ``sigma_scale`` x edge per axis, max 1."""
+    """(D, H, W) float32 Gaussian weights: sigma = ``sigma_scale`` x edge per axis, max 1.
+
+    Computed in float64 on the CPU (MPS has no float64), then moved to ``device``.
+    """
     axes = []
     for n in window:
-        x = torch.arange(n, dtype=torch.float64, device=device) - (n - 1) / 2.0
+        x = torch.arange(n, dtype=torch.float64) - (n - 1) / 2.0
         axes.append(torch.exp(-(x**2) / (2.0 * (n * sigma_scale) ** 2)))
     weights = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
     weights = weights / weights.max()
-    return weights.clamp_(min=float(weights[weights > 0].min())).float()
+    weights = weights.clamp_(min=float(weights[weights > 0].min()))
+    return weights.to(device=device, dtype=torch.float32)
 
 
 @dataclass(frozen=True)
@@ -432,6 +437,14 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=dict)
     windows: int = 0
+
+    def to(self, device: str | torch.device) -> SegmentationResult:
+        """A copy whose tensors are on ``device`` (e.g. ``"cpu"`` before writing in a thread)."""
+        probabilities = None if self.probabilities is None else self.probabilities.to(device)
+        return dataclasses.replace(
+            self, masks=self.masks.to(device), label_map=self.label_map.to(device),
+            probabilities=probabilities,
+        )  # fmt: skip
 
     def _row(self, task: str) -> int:
         if task not in self.task_ids:

@@ -237,3 +237,24 @@ def test_path_and_array_inputs_give_the_same_result(checkpoint: Path, tmp_path: 
     from_array = segmenter.segment((array, meta), tasks=["hippocampus_anterior"], modality="mr")
     assert from_path.modality_confidence == 1.0
     assert torch.equal(from_path.masks, from_array.masks)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_stitching_on_either_device_and_fp16_agree_with_the_cpu(checkpoint: Path) -> None:
+    from hermes_model.weights import load_checkpoint
+
+    torch.manual_seed(4)
+    image = torch.randn(1, 50, 41, 37)
+    runs = [GroupRun("lits", (4, 5), (0, 1), (0, 1))]
+    cpu_model = load_checkpoint(checkpoint)
+    cuda_model = load_checkpoint(checkpoint, device="cuda")
+    fp32 = WindowSettings((32, 32, 32), 0.5, 3, precision="fp32")
+    reference = sliding_window(cpu_model, image, runs, 0, fp32)
+    on_gpu = sliding_window(cuda_model, image.cuda(), runs, 0, fp32)
+    on_host = sliding_window(cuda_model, image.cuda(), runs, 0, fp32, torch.device("cpu"))
+    assert on_gpu.device.type == "cuda" and on_host.device.type == "cpu"
+    torch.testing.assert_close(on_gpu.cpu(), reference, atol=1e-4, rtol=0)
+    torch.testing.assert_close(on_host, reference, atol=1e-4, rtol=0)
+    fp16 = sliding_window(cuda_model, image.cuda(), runs, 0, WindowSettings((32, 32, 32), 0.5, 3))
+    assert float((fp16.cpu() - reference).abs().max()) < 2e-2
