@@ -89,7 +89,8 @@ class BatchOptions:
 
 @dataclass
 class CaseReport:
-    """What happened to one case: ``status`` is ``done``, ``skipped`` or ``failed``."""
+    """What happened to one case: ``status`` is ``done``, ``skipped`` or ``failed`` (then
+    ``message`` is the one-line reason and ``error`` the exception, for tracebacks)."""
 
     case: str
     input: str
@@ -102,6 +103,7 @@ class CaseReport:
     warnings: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    error: BaseException | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -272,7 +274,9 @@ def _failure(case: str, path: Path, error: BaseException, seconds: float) -> Cas
             "or use --device cpu"
         )
         code = 1
-    return CaseReport(case, str(path), "failed", message, exit_code=code, seconds=seconds)
+    return CaseReport(
+        case, str(path), "failed", message, exit_code=code, seconds=seconds, error=error
+    )
 
 
 def _timed_read(path: Path) -> tuple[np.ndarray, ImageMeta, float]:

@@ -368,3 +368,14 @@ def test_batch_writes_the_good_cases_and_exits_1(
     assert outputs(out) == sorted(f"{n}{s}" for n in good for s in (".json", ".nii.gz"))
     assert "failed" in result.stdout and "nan" in result.stdout
     assert error_lines(result) == ["error: 2 of 5 cases failed"]
+
+
+def test_debug_shows_the_traceback_of_a_failed_case(
+    data_dir: Path, weights: dict[str, Path], tmp_path: Path
+) -> None:
+    source = data_dir / "hippocampus" / "imagesTr" / "hippocampus_190.nii.gz"
+    broken = _bad_inputs(tmp_path, source)["truncated"]
+    result = segment(broken, "-o", tmp_path / "out", "--weights", weights["coarse"], "--debug")
+    assert result.exit_code == 3
+    assert "Traceback" in result.stderr and "InputError" in result.stderr
+    assert "truncated" in error_lines(result)[0]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.traceback import Traceback
 
 from hermes_cli._common import DebugOption, err, fail, handle_errors, out
 from hermes_model.tasks import MODALITIES
@@ -129,7 +130,8 @@ Tta = Annotated[
 class _Bars:
     """Rich progress bars on stderr (cases and windows) fed by the batch observer hooks."""
 
-    def __init__(self) -> None:
+    def __init__(self, debug: bool = False) -> None:
+        self.debug = debug
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), console=err, transient=True,
@@ -150,6 +152,10 @@ class _Bars:
         self.progress.advance(self.cases)
         for line in report.warnings:
             self.progress.console.print(f"[yellow]warning:[/] {line}", highlight=False)
+        if self.debug and report.error is not None:
+            error = report.error
+            trace = Traceback.from_exception(type(error), error, error.__traceback__)
+            self.progress.console.print(trace)
 
 
 def _summary(report: BatchReport) -> Table:
@@ -189,7 +195,7 @@ def segment_command(
             stats=stats, skip_existing=skip_existing,
             shard=parse_shard(shard) if shard else None,
         )  # fmt: skip
-        bars = _Bars()
+        bars = _Bars(debug)
         with bars.progress:
             report = segment_files(inputs, options, bars)
         if len(report.cases) == 1 and report.failed:
