@@ -134,7 +134,14 @@ class Trainer:
         spec = options.init_weights or recipe.train.init_from
         self.start = prepare.load_start(spec, context) if spec else None  # before slow caching
         self.data = prepare.prepare_data(recipe, context, options.progress)
-        self.model = prepare.make_model(recipe, self.data.tasks, self.start).to(self.device)
+        # On CPU, channels_last_3d makes the backward pass of narrow 3D convolutions ~10x faster
+        # (oneDNN's weight-gradient kernels); on CUDA it slows instance norm, so not there.
+        self.memory_format = (
+            torch.channels_last_3d if self.device.type == "cpu" else torch.contiguous_format
+        )
+        self.model = prepare.make_model(recipe, self.data.tasks, self.start).to(
+            self.device, memory_format=self.memory_format
+        )
         self.trainable = self._trainable_parameters()
         self.groups = self._task_groups()
         self._build_optimisation()
@@ -308,6 +315,7 @@ class Trainer:
         r = self.recipe
         batch = batch.to(self.device, non_blocking=True)
         image, targets = self.augmenter(batch.image, batch.targets, batch.modality_idx)
+        image = image.contiguous(memory_format=self.memory_format)
         with torch.autocast(
             self.device.type,
             dtype=self.amp_dtype or torch.float32,
