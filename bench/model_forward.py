@@ -56,7 +56,9 @@ def time_forward(model, x, task_idx, mod_idx, dtype, repeats: int) -> list[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=96, help="patch edge in voxels (default 96)")
     parser.add_argument("--batch", type=int, default=2)
@@ -69,9 +71,24 @@ def main() -> None:
     amos = dataset_of("amos/liver", "ct").tasks
     n_tasks = len(amos)
     console = Console()
-    name_of_card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    table = Table(title=f"{args.batch}×1×{args.size}³ on {name_of_card}, {n_tasks} tasks, torch {torch.__version__}")
-    for col in ("model", "params (M)", "TFLOP/patch 128³", "precision", "forward (s)", "peak mem (GB)", "vs ResUNet"):
+    name_of_card = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    table = Table(
+        title=f"{args.batch}×1×{args.size}³ on {name_of_card}, {n_tasks} tasks, "
+        f"torch {torch.__version__}"
+    )
+    for col in (
+        "model",
+        "params (M)",
+        "TFLOP/patch 128³",
+        "precision",
+        "forward (s)",
+        "peak mem (GB)",
+        "vs ResUNet",
+    ):
         table.add_column(col, justify="right")
     torch.manual_seed(0)
     x = torch.randn(args.batch, 1, args.size, args.size, args.size, device=device)
@@ -86,11 +103,25 @@ def main() -> None:
             tflop = flops_per_patch(name, 128, n_tasks) / 1e12
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            seconds = statistics.median(time_forward(model, x, task_idx, mod_idx, DTYPES[precision], args.repeats))
-            peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else float("nan")
+            seconds = statistics.median(
+                time_forward(model, x, task_idx, mod_idx, DTYPES[precision], args.repeats)
+            )
+            peak = (
+                torch.cuda.max_memory_allocated(device) / 1e9
+                if device.type == "cuda"
+                else float("nan")
+            )
             ratio = "1.00" if baseline is None else f"{seconds / baseline:.2f}"
             baseline = baseline or seconds
-            table.add_row(name, f"{params:.2f}", f"{tflop:.2f}", precision, f"{seconds:.3f}", f"{peak:.2f}", ratio)
+            table.add_row(
+                name,
+                f"{params:.2f}",
+                f"{tflop:.2f}",
+                precision,
+                f"{seconds:.3f}",
+                f"{peak:.2f}",
+                ratio,
+            )
             del model
     console.print(table)
 

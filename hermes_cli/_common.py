@@ -21,13 +21,17 @@ err = Console(stderr=True)
 
 DebugOption = Annotated[
     bool,
-    typer.Option("--debug", help="Show full tracebacks and debug logs (default: off, one line per error)."),
+    typer.Option(
+        "--debug", help="Show full tracebacks and debug logs (default: off, one line per error)."
+    ),
 ]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one red line to stderr and exit with ``code``."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # The message is plain text: file names and TOML keys may hold [brackets].
+    err.print("[bold red]error:[/] ", end="", highlight=False)
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -38,6 +42,7 @@ def handle_errors(debug: bool = False) -> Iterator[None]:
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
+        force=True,  # a fresh handler per command: CliRunner swaps sys.stderr between calls
     )
     try:
         yield

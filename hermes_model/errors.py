@@ -13,6 +13,7 @@ __all__ = [
     "WeightsError",
     "OutputError",
     "ConfigError",
+    "TrainingError",
     "EXIT_CODES",
 ]
 
@@ -53,6 +54,13 @@ class ConfigError(HermesError):
     exit_code = 7
 
 
+class TrainingError(HermesError):
+    """Training stopped on a failed check: a diverging loss, or incremental learning that would
+    change an old task's outputs."""
+
+    exit_code = 8
+
+
 #: Documented exit codes of the ``hermes`` command (README, "Exit codes").
 EXIT_CODES: dict[int, str] = {
     0: "success",
@@ -63,5 +71,6 @@ EXIT_CODES: dict[int, str] = {
     5: "weights error: not found, checksum mismatch, offline and not cached, incompatible",
     6: "output error: output folder or file cannot be written",
     7: "configuration error: bad recipe, dataset card or option value",
+    8: "training check failed: the loss diverged, or incremental learning changed an old task",
     130: "interrupted (Ctrl-C)",
 }

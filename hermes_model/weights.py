@@ -130,7 +130,9 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found; check the path or run 'hermes weights list'")
+        raise WeightsError(
+            f"{path}: weights file not found; check the path or run 'hermes weights list'"
+        )
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
@@ -191,7 +193,8 @@ def load_checkpoint(
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as error:
         raise WeightsError(
-            f"{path}: the weights are truncated or corrupt ({_short(error)}); download the file again"
+            f"{path}: the weights are truncated or corrupt ({_short(error)}); "
+            "download the file again"
         ) from error
     model = build_model(config, task_ids[: chunks[0]], modalities)
     offset = chunks[0]
@@ -208,7 +211,9 @@ def load_checkpoint(
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]}); "
             "the file was edited or written by an incompatible version"
         )
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    )
     model.metadata = doc  # type: ignore[assignment]
     return model.to(device).eval()
 

@@ -104,7 +104,10 @@ def test_forward_is_deterministic() -> None:
     args = (batch(2), torch.tensor([[0, 1], [2, 3]]), torch.tensor([0, 1]))
     with torch.no_grad():
         assert torch.equal(model(*args), model(*args))
-    assert all(torch.equal(a, b) for a, b in zip(tiny().state_dict().values(), model.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(tiny().state_dict().values(), model.state_dict().values(), strict=True)
+    )
 
 
 ABLATIONS = [
@@ -118,7 +121,9 @@ ABLATIONS = [
 ]
 
 
-@pytest.mark.parametrize("overrides", ABLATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize(
+    "overrides", ABLATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items())
+)
 def test_ablation_switches_build_and_run(overrides: dict) -> None:
     model = tiny(**overrides)
     logits = model(batch(1), torch.tensor([[0, 2]]), torch.tensor([0]))

@@ -58,7 +58,10 @@ def test_grown_model_round_trips(tmp_path: Path) -> None:
     grown.add_tasks(["msd_pancreas/pancreas"], seed=3)
     loaded = load_checkpoint(save_checkpoint(grown, tmp_path / "g.safetensors"))
     assert loaded.task_chunks == [2, 1] and loaded.task_ids[-1] == "msd_pancreas/pancreas"
-    assert all(torch.equal(a, b) for a, b in zip(grown.state_dict().values(), loaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(grown.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
 
 
 def test_half_precision_file_is_smaller_and_close(model: torch.nn.Module, tmp_path: Path) -> None:

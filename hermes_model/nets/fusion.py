@@ -121,7 +121,7 @@ class PriorFusion(nn.Module):
     def select(
         self, task_idx: torch.Tensor, modality_idx: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather the oracle-selected priors: ``[p_t, p_m]`` (B, T + l, C) and validity (B, T + l)."""
+        """Oracle-selected priors ``[p_t, p_m]`` (B, T + l, C) and their validity (B, T + l)."""
         pool = torch.cat(list(self.task_prior), dim=0)
         valid = task_idx >= 0
         tokens = pool[task_idx.clamp(min=0)] * valid[..., None].to(pool.dtype)

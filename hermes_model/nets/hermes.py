@@ -87,7 +87,7 @@ class SegmentationNet(nn.Module):
 
 
 class PrototypeHead(nn.Module):
-    """Hierarchical posterior prototypes: concat posteriors of all scales → LN → MLP → (B, T, C')."""
+    """Hierarchical prototypes: concat posteriors of all scales → LN → MLP → (B, T, C')."""
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -124,7 +124,9 @@ class HermesR(SegmentationNet):
 
         self.enc_fusion = nn.ModuleDict(
             {
-                str(s): fusion(s, config.fusion_depth_bottleneck if s == 16 else config.fusion_depth)
+                str(s): fusion(
+                    s, config.fusion_depth_bottleneck if s == 16 else config.fusion_depth
+                )
                 for s in config.fusion_encoder_scales
             }
         )
@@ -203,5 +205,8 @@ class ResUNet(SegmentationNet):
         valid = task_idx >= 0
         w = torch.cat(list(self.head_weight))[task_idx.clamp(min=0)]  # (B, T, C)
         b = torch.cat(list(self.head_bias))[task_idx.clamp(min=0)]
-        logits = torch.einsum("btc,bcdhw->btdhw", w.to(x.dtype), x) + b.to(x.dtype)[..., None, None, None]
+        logits = (
+            torch.einsum("btc,bcdhw->btdhw", w.to(x.dtype), x)
+            + b.to(x.dtype)[..., None, None, None]
+        )
         return logits * valid[..., None, None, None].to(logits.dtype)

@@ -41,6 +41,12 @@ from hermes_model.nets.resunet import BasicBlock, UpStage
 __all__ = ["MedFormer", "HermesM", "MedFormerBackbone", "BMHABlock", "PriorPool", "Priors"]
 
 
+#: Builds the norm of a stage's map tokens from their width.
+MapNorm = Callable[[int], nn.Module]
+#: A B-MHA stage's output: features, semantic map, posterior prior tokens (None without priors).
+StageOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
 def _norm(ch: int) -> nn.InstanceNorm3d:
     return nn.InstanceNorm3d(ch, eps=1e-4)
 
@@ -129,7 +135,7 @@ class BMHABlock(nn.Module):
         out_ch: int,
         map_dim: int,
         config: ModelConfig,
-        map_norm: Callable[[int], nn.Module],
+        map_norm: MapNorm,
         map_out: bool = True,
     ) -> None:
         super().__init__()
@@ -177,7 +183,7 @@ class BMHABlock(nn.Module):
 
 def _attend(
     blocks: nn.ModuleList, x: torch.Tensor, m: torch.Tensor, priors: Priors | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> StageOutput:
     """Run B-MHA ``blocks`` on ``x`` and ``[m, priors]``; returns (x, map, posterior tokens)."""
     if priors is None:
         for block in blocks:
@@ -243,7 +249,9 @@ class MapFusion(nn.Module):
 class DownStage(nn.Module):
     """Patch merging, semantic map, B-MHA blocks (encoder 4x, 8x, 16x)."""
 
-    def __init__(self, in_ch: int, out_ch: int, blocks: int, config: ModelConfig, map_norm):
+    def __init__(
+        self, in_ch: int, out_ch: int, blocks: int, config: ModelConfig, map_norm: MapNorm
+    ):
         super().__init__()
         self.merge = PatchMerging(in_ch, out_ch)
         self.map = SemanticMap(out_ch, config.map_size)
@@ -251,7 +259,7 @@ class DownStage(nn.Module):
             BMHABlock(out_ch, out_ch, out_ch, config, map_norm) for _ in range(blocks)
         )
 
-    def forward(self, x: torch.Tensor, priors: Priors | None):
+    def forward(self, x: torch.Tensor, priors: Priors | None) -> StageOutput:
         x = self.merge(x)
         return _attend(self.blocks, x, self.map(x), priors)
 
@@ -261,8 +269,14 @@ class UpAttentionStage(nn.Module):
     map of this scale (per token, along channels); B-MHA blocks (decoder 8x, 4x)."""
 
     def __init__(
-        self, in_ch: int, skip_ch: int, blocks: int, config: ModelConfig, map_norm, last: bool
-    ):
+        self,
+        in_ch: int,
+        skip_ch: int,
+        blocks: int,
+        config: ModelConfig,
+        map_norm: MapNorm,
+        last: bool,
+    ) -> None:
         super().__init__()
         self.merge_maps = nn.Linear(in_ch + skip_ch, skip_ch, bias=False)
         self.blocks = nn.ModuleList(
@@ -271,7 +285,14 @@ class UpAttentionStage(nn.Module):
             for i in range(blocks)
         )  # fmt: skip
 
-    def forward(self, x, skip, m, skip_map, priors: Priors | None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        skip: torch.Tensor,
+        m: torch.Tensor,
+        skip_map: torch.Tensor,
+        priors: Priors | None,
+    ) -> StageOutput:
         up = F.interpolate(x.float(), size=skip.shape[2:], mode="trilinear", align_corners=False)
         x = torch.cat([skip, up.to(skip.dtype)], dim=1)
         m = self.merge_maps(torch.cat([m, skip_map], dim=-1))
@@ -290,7 +311,7 @@ class MedFormerBackbone(nn.Module):
 
     STAGES = ("enc4", "enc8", "enc16", "dec8", "dec4")
 
-    def __init__(self, config: ModelConfig, map_norm: Callable[[int], nn.Module]) -> None:
+    def __init__(self, config: ModelConfig, map_norm: MapNorm) -> None:
         super().__init__()
         c = [config.channels(s) for s in range(5)]
         n = config.num_blocks

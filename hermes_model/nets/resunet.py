@@ -26,7 +26,7 @@ def _norm_act_conv(in_ch: int, out_ch: int) -> nn.Sequential:
 
 
 class BasicBlock(nn.Module):
-    """Two pre-activation 3³ convolutions plus a residual path (3³ projection if channels change)."""
+    """Two pre-activation 3³ convolutions plus a residual (3³ projection if channels change)."""
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
@@ -41,7 +41,9 @@ class BasicBlock(nn.Module):
 
 
 def _stage(in_ch: int, out_ch: int, blocks: int) -> nn.Sequential:
-    return nn.Sequential(BasicBlock(in_ch, out_ch), *[BasicBlock(out_ch, out_ch) for _ in range(blocks - 1)])
+    return nn.Sequential(
+        BasicBlock(in_ch, out_ch), *[BasicBlock(out_ch, out_ch) for _ in range(blocks - 1)]
+    )
 
 
 class ResUNetEncoder(nn.Module):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hermes_model.errors import ConfigError, HermesError
+from hermes_model.errors import ConfigError, TrainingError
 from hermes_model.inference import WindowSettings
 from hermes_model.nets.hermes import SegmentationNet
 from hermes_model.training import checkpointing, prepare
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 MODES = ("train", "finetune", "incremental")
 
 
-class TrainingDiverged(HermesError):
+class TrainingDiverged(TrainingError):
     """The loss became NaN or infinite."""
 
 

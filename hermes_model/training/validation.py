@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hermes_model.errors import HermesError
+from hermes_model.errors import TrainingError
 from hermes_model.inference import GroupRun, WindowSettings, plan_groups, sliding_window
 from hermes_model.metrics import dice
 from hermes_model.nets.hermes import SegmentationNet
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-class IncrementalCheckError(HermesError):
+class IncrementalCheckError(TrainingError):
     """Incremental learning changed what the starting weights predict for an old task."""
 
 
