@@ -139,9 +139,8 @@ class Trainer:
         self.memory_format = (
             torch.channels_last_3d if self.device.type == "cpu" else torch.contiguous_format
         )
-        self.model = prepare.make_model(recipe, self.data.tasks, self.start).to(
-            self.device, memory_format=self.memory_format
-        )
+        model = prepare.make_model(recipe, self.data.tasks, self.start).to(self.device)
+        self.model = model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
         self.trainable = self._trainable_parameters()
         self.groups = self._task_groups()
         self._build_optimisation()
