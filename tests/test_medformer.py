@@ -155,8 +155,8 @@ def _bce_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def test_tiny_hermes_m_overfits_one_batch() -> None:
-    """Boxes marked by intensity (+3 for task slot 0, -3 for slot 1) are learnable in 50 steps;
-    the auxiliary 4x output is trained too (deep supervision)."""
+    """Boxes marked by intensity (+3 for task slot 0, -3 for slot 1) are learnable in 40 steps
+    (the loss is ~0.03 of its start there); the 4x auxiliary output is trained too."""
     model = tiny()
     target = torch.zeros(2, 2, *SIZE)
     target[0, 0, 8:20, 10:30, 8:24] = 1
@@ -166,9 +166,9 @@ def test_tiny_hermes_m_overfits_one_batch() -> None:
     task_idx = torch.tensor([[0, 1], [2, -1]])
     valid = task_idx >= 0
     aux_target = torch.nn.functional.avg_pool3d(target, 4, ceil_mode=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-3)
     losses = []
-    for _ in range(50):
+    for _ in range(40):
         logits, (aux,) = model.forward_with_aux(x, task_idx, torch.tensor([0, 1]))
         loss = _bce_dice(logits[valid], target[valid])
         total = loss + 0.5 * _bce_dice(aux[valid], aux_target[valid])
