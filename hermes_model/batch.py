@@ -111,6 +111,8 @@ class BatchReport:
     """All cases of a run, in processing order (skipped ones first)."""
 
     cases: list[CaseReport]
+    #: The weights used: name, sha256 and source (empty when every case was skipped early).
+    weights: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[CaseReport]:
@@ -347,7 +349,7 @@ def segment_files(
         ThreadPoolExecutor(1, "hermes-write") as writer,
     ):
         _Pipeline(segmenter, options, observer, reader, writer, stats, reports).run(todo)
-    return BatchReport(reports)
+    return BatchReport(reports, dict(getattr(segmenter, "weights", {})))
 
 
 class _StatsWriter:

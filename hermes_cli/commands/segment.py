@@ -159,7 +159,9 @@ class _Bars:
 
 
 def _summary(report: BatchReport) -> Table:
-    table = Table(title=f"hermes segment: {len(report.cases)} case(s)")
+    used = report.weights
+    caption = f"weights: {used['name']} (sha256 {used['sha256'][:12]}…)" if used else None
+    table = Table(title=f"hermes segment: {len(report.cases)} case(s)", caption=caption)
     for column in ("case", "status", "seconds", "volumes (mL) / problem"):
         table.add_column(column, overflow="fold")
     for case in report.cases:
