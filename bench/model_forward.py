@@ -80,15 +80,9 @@ def main() -> None:
         title=f"{args.batch}×1×{args.size}³ on {name_of_card}, {n_tasks} tasks, "
         f"torch {torch.__version__}"
     )
-    for col in (
-        "model",
-        "params (M)",
-        "TFLOP/patch 128³",
-        "precision",
-        "forward (s)",
-        "peak mem (GB)",
-        "vs ResUNet",
-    ):
+    columns = ("params M", "TFLOP/128³", "precision", "forward s", "peak GB", "vs ResUNet")
+    table.add_column("model", no_wrap=True)
+    for col in columns:
         table.add_column(col, justify="right")
     torch.manual_seed(0)
     x = torch.randn(args.batch, 1, args.size, args.size, args.size, device=device)
