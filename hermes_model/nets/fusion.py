@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CrossAttention", "FusionBlock", "PriorFusion"]
+from hermes_model.nets.heads import uniform
+
+__all__ = ["CrossAttention", "FusionBlock", "PriorPool", "PriorFusion"]
 
 
 class CrossAttention(nn.Module):
@@ -78,12 +80,46 @@ class FusionBlock(nn.Module):
         return x, p
 
 
-class PriorFusion(nn.Module):
-    """A stack of fusion blocks at one scale, with this scale's task and modality prior pools.
+class PriorPool(nn.Module):
+    """One scale's task prior pool ``(|T|, C)`` and modality prior pool ``(|M|, l, C)``.
 
     The task pool is a list of chunks so that ``add_tasks`` appends new tokens without touching
     (or re-allocating) the existing ones; incremental learning trains only the new chunk.
+    ``select`` gathers the oracle-selected ``[p_t, p_m]``.
     """
+
+    def __init__(self, dim: int, num_tasks: int, num_modalities: int, modality_tokens: int):
+        super().__init__()
+        self.dim = dim
+        tokens = nn.init.xavier_uniform_(torch.empty(num_tasks, dim))
+        self.task_prior = nn.ParameterList([nn.Parameter(tokens)])
+        self.modality_prior = (
+            nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_modalities, modality_tokens, dim)))
+            if modality_tokens
+            else None
+        )
+
+    def add_tasks(self, n: int, generator: torch.Generator | None = None) -> None:
+        bound = (6.0 / (n + self.dim)) ** 0.5  # xavier_uniform_ of an (n, dim) matrix
+        device = self.task_prior[0].device
+        self.task_prior.append(nn.Parameter(uniform((n, self.dim), bound, generator, device)))
+
+    def select(
+        self, task_idx: torch.Tensor, modality_idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Priors ``[p_t, p_m]`` (B, T + l, C), zeros in padded slots, and validity (B, T + l)."""
+        pool = torch.cat(list(self.task_prior), dim=0)
+        valid = task_idx >= 0
+        tokens = pool[task_idx.clamp(min=0)] * valid[..., None].to(pool.dtype)
+        if self.modality_prior is None:
+            return tokens, valid
+        mod = self.modality_prior[modality_idx]
+        mod_valid = torch.ones(mod.shape[:2], dtype=torch.bool, device=mod.device)
+        return torch.cat([tokens, mod], dim=1), torch.cat([valid, mod_valid], dim=1)
+
+
+class PriorFusion(PriorPool):
+    """A stack of fusion blocks at one scale, with this scale's prior pools."""
 
     def __init__(
         self,
@@ -96,40 +132,10 @@ class PriorFusion(nn.Module):
         mlp_ratio: int,
         bidirectional: bool,
     ) -> None:
-        super().__init__()
-        self.dim = dim
-        self.task_prior = nn.ParameterList([self._new_tokens(num_tasks)])
-        self.modality_prior = (
-            nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_modalities, modality_tokens, dim)))
-            if modality_tokens
-            else None
-        )
+        super().__init__(dim, num_tasks, num_modalities, modality_tokens)
         self.blocks = nn.ModuleList(
             FusionBlock(dim, head_dim, mlp_ratio, bidirectional) for _ in range(depth)
         )
-
-    def _new_tokens(self, n: int) -> nn.Parameter:
-        return nn.Parameter(nn.init.xavier_uniform_(torch.empty(n, self.dim)))
-
-    def add_tasks(self, n: int, generator: torch.Generator | None = None) -> None:
-        tokens = torch.empty(n, self.dim)
-        bound = (6.0 / (n + self.dim)) ** 0.5
-        tokens.uniform_(-bound, bound, generator=generator)
-        device = self.task_prior[0].device
-        self.task_prior.append(nn.Parameter(tokens.to(device)))
-
-    def select(
-        self, task_idx: torch.Tensor, modality_idx: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Oracle-selected priors ``[p_t, p_m]`` (B, T + l, C) and their validity (B, T + l)."""
-        pool = torch.cat(list(self.task_prior), dim=0)
-        valid = task_idx >= 0
-        tokens = pool[task_idx.clamp(min=0)] * valid[..., None].to(pool.dtype)
-        if self.modality_prior is None:
-            return tokens, valid
-        mod = self.modality_prior[modality_idx]
-        mod_valid = torch.ones(mod.shape[:2], dtype=torch.bool, device=mod.device)
-        return torch.cat([tokens, mod], dim=1), torch.cat([valid, mod_valid], dim=1)
 
     def forward(
         self, x: torch.Tensor, task_idx: torch.Tensor, modality_idx: torch.Tensor

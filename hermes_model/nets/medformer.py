@@ -26,15 +26,15 @@ are masked as keys and their updates zeroed, so they take part in no attention.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hermes_model.config import ModelConfig
-from hermes_model.nets.fusion import CrossAttention, FeedForward
-from hermes_model.nets.heads import TaskHead, uniform, valid_mask
+from hermes_model.nets.fusion import CrossAttention, FeedForward, PriorPool
+from hermes_model.nets.heads import TaskHead, valid_mask
 from hermes_model.nets.hermes import PrototypeHead, SegmentationNet
 from hermes_model.nets.resunet import BasicBlock, UpStage
 
@@ -388,40 +388,6 @@ class MedFormer(SegmentationNet):
         return self.head(self.backbone(image, {}).features, task_idx)
 
 
-class PriorPool(nn.Module):
-    """One stage's task prior pool ``(|T|, C)`` (in chunks, one per ``add_tasks``) and modality
-    prior pool ``(|M|, l, C)``; ``forward`` selects ``[p_t, p_m]`` by the oracle."""
-
-    def __init__(self, dim: int, num_tasks: int, num_modalities: int, modality_tokens: int):
-        super().__init__()
-        self.dim = dim
-        tokens = torch.empty(num_tasks, dim)
-        self.task_prior = nn.ParameterList([nn.Parameter(nn.init.xavier_uniform_(tokens))])
-        self.modality_prior = (
-            nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_modalities, modality_tokens, dim)))
-            if modality_tokens
-            else None
-        )
-
-    def add_tasks(self, n: int, generator: torch.Generator) -> None:
-        bound = (6.0 / (n + self.dim)) ** 0.5  # xavier_uniform_ of an (n, dim) matrix
-        device = self.task_prior[0].device
-        self.task_prior.append(nn.Parameter(uniform((n, self.dim), bound, generator, device)))
-
-    def forward(
-        self, task_idx: torch.Tensor, modality_idx: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """→ tokens (B, T + l, C) with zeros in padded slots, validity (B, T + l) bool."""
-        pool = torch.cat(list(self.task_prior), dim=0)
-        valid = task_idx >= 0
-        tokens = pool[task_idx.clamp(min=0)] * valid[..., None].to(pool.dtype)
-        if self.modality_prior is None:
-            return tokens, valid
-        mod = self.modality_prior[modality_idx]
-        mod_valid = torch.ones(mod.shape[:2], dtype=torch.bool, device=mod.device)
-        return torch.cat([tokens, mod], dim=1), torch.cat([valid, mod_valid], dim=1)
-
-
 class HermesM(SegmentationNet):
     """Hermes with a MedFormer backbone (paper Fig. 4B): prior tokens inside B-MHA, posterior
     tokens of every fused stage → the hierarchical ``PrototypeHead`` (as Hermes-R);
@@ -461,7 +427,7 @@ class HermesM(SegmentationNet):
         self._check_inputs(image, task_idx, modality_idx)
         priors = {}
         for key, pool in self.priors.items():
-            tokens, valid = pool(task_idx, modality_idx)
+            tokens, valid = cast(PriorPool, pool).select(task_idx, modality_idx)
             readable = valid if self.config.bidirectional else torch.zeros_like(valid)
             priors[key] = Priors(tokens, readable, valid)
         out = self.backbone(image, priors)
