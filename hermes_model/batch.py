@@ -36,7 +36,14 @@ import numpy as np
 
 from hermes_model import tasks as registry
 from hermes_model.errors import ConfigError, HermesError, OutputError
-from hermes_model.io import ImageMeta, case_name, find_images, read_image, write_image
+from hermes_model.io import (
+    ImageMeta,
+    case_name,
+    find_images,
+    read_image,
+    write_bytes_atomically,
+    write_image,
+)
 
 __all__ = [
     "BatchOptions",
@@ -181,7 +188,6 @@ def shard_cases(cases: Sequence[Path], index: int, count: int) -> list[Path]:
 
 def check_output_dir(folder: Path) -> None:
     """Create ``folder`` and prove it writable (a probe file, removed); OutputError otherwise."""
-    from hermes_model.postprocess import write_bytes_atomically
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -253,10 +259,10 @@ def write_case(
             written.append(write_image(result.probability(task), meta, path, dtype=np.float32))
     if options.preview:
         png = postprocess.preview_png(image, meta.affine, labels, result)
-        written.append(postprocess.write_bytes_atomically(folder / f"{case}.png", png))
+        written.append(write_bytes_atomically(folder / f"{case}.png", png))
     legend = postprocess.legend(result, input_file, files)
     text = json.dumps(legend, indent=2) + "\n"
-    written.append(postprocess.write_bytes_atomically(folder / f"{case}.json", text.encode()))
+    written.append(write_bytes_atomically(folder / f"{case}.json", text.encode()))
     return written
 
 
@@ -365,7 +371,7 @@ class _StatsWriter:
             self.write()
 
     def write(self) -> None:
-        from hermes_model.postprocess import stats_csv, write_bytes_atomically
+        from hermes_model.postprocess import stats_csv
 
         if self.path is not None:
             write_bytes_atomically(self.path, stats_csv(self.rows))

@@ -38,6 +38,7 @@ __all__ = [
     "ImageMeta",
     "read_image",
     "write_image",
+    "write_bytes_atomically",
     "find_images",
     "case_name",
     "NIFTI_SUFFIXES",
@@ -567,7 +568,7 @@ def write_image(
     payload = img.to_bytes()
     if path.name.lower().endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=compression_level, mtime=0)
-    _write_atomically(path, payload)
+    write_bytes_atomically(path, payload)
     return path
 
 
@@ -601,14 +602,19 @@ def _nifti_header(meta: ImageMeta, data: np.ndarray) -> nib.Nifti1Header:
     return header
 
 
-def _write_atomically(path: Path, payload: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+def write_bytes_atomically(path: str | os.PathLike[str], payload: bytes) -> Path:
+    """Write to a temporary file in the same folder, then rename: never a half-written file.
+
+    Every output of Hermes (images, legends, previews, tables) goes through here.
+    Raises OutputError naming the path and the fix.
+    """
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(
-            f"{path.parent}: cannot create the output folder ({_one_line(error)}); choose a "
-            "writable output folder"
+            f"{path.parent}: cannot create the output folder, so cannot write {path.name} "
+            f"({_one_line(error)}); choose a writable output folder"
         ) from error
     temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
@@ -623,6 +629,7 @@ def _write_atomically(path: Path, payload: bytes) -> None:
             f"{path}: cannot write the output ({_one_line(error)}); check that the folder is "
             "writable, not full, and that the path is not a folder"
         ) from error
+    return path
 
 
 def _is_dicom_folder(folder: Path) -> bool:

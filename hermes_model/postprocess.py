@@ -10,21 +10,17 @@ computed before this resolution, so organ volumes include their tumours.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io as stdio
-import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from hermes_model import tasks as registry
-from hermes_model.errors import OutputError
+from hermes_model.io import write_bytes_atomically
 from hermes_model.preprocess import Prepared, restore
 
 if TYPE_CHECKING:
@@ -326,23 +322,3 @@ def preview_png(
     buffer = stdio.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def write_bytes_atomically(path: str | Path, payload: bytes) -> Path:
-    """Write to a temporary file in the same folder, then rename; OutputError on failure."""
-    path = Path(path)
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-        os.replace(temporary, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):  # e.g. the folder itself could not be made
-            temporary.unlink(missing_ok=True)
-        raise OutputError(
-            f"{path}: cannot write the output ({error.strerror or error}); check that the folder "
-            "is writable, not full, and that the path is not a folder"
-        ) from error
-    return path

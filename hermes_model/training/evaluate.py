@@ -145,14 +145,14 @@ class EvalReport:
         }
 
     def write_json(self, path: str | Path) -> Path:
-        from hermes_model.postprocess import write_bytes_atomically
+        from hermes_model.io import write_bytes_atomically
 
         text = json.dumps(self.to_dict(), indent=1) + "\n"
         return write_bytes_atomically(path, text.encode())
 
     def write_csv(self, path: str | Path) -> Path:
         """One row per (case, task): :data:`CSV_FIELDS`; HD95 is written ``inf`` when infinite."""
-        from hermes_model.postprocess import write_bytes_atomically
+        from hermes_model.io import write_bytes_atomically
 
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, CSV_FIELDS, lineterminator="\n")
