@@ -15,6 +15,7 @@ from hermes_model.errors import ConfigError
 __all__ = [
     "ModelConfig",
     "PreprocessConfig",
+    "LEGACY_DEFAULTS",
     "MODEL_PRESETS",
     "model_config",
     "preset_names",
@@ -60,6 +61,25 @@ class ModelConfig:
         mlp_ratio: FFN hidden width as a multiple of the channels (MedFormer: MBConv expansion).
         map_size: MedFormer semantic map edge; each B-MHA stage has ``map_size**3`` map tokens.
         map_fusion_depth: transformer layers of MedFormer's semantic-map fusion.
+
+    Fields that pin down the function exactly (paper parity with the authors' code, issue 9).
+    The defaults are the authors' choices; checkpoints written before these fields existed
+    load with ``LEGACY_DEFAULTS`` instead, so they keep computing what they always computed:
+
+        fusion_order: ``sequential`` (the authors): each encoder fusion's output feeds the next
+            down stage, so deeper stages see the priors; ``parallel`` (legacy): the encoder runs
+            to the end first and each scale is fused on its own. Decoder fusions always feed the
+            next up stage.
+        align_corners: trilinear upsampling in the decoder with ``align_corners=True`` (the
+            authors) or False (legacy).
+        separate_feature_norm: the feature-aggregation attention (image reads the priors) has
+            its own LayerNorm for the feature queries (the authors), rather than reusing the one
+            of the prior-aggregation direction (legacy).
+        ffn_norm_eps: LayerNorm eps before each fusion FFN (the authors: 1e-4; legacy 1e-5).
+        null_token: Hermes-R only. One learned *null* task token per fusion scale is appended
+            to every sample's task tokens and attended to unmasked (the authors' row ``tn`` of
+            ``task_prior``, reached as index -1 in their code); its output channel is dropped.
+            Callers pass only real task indices; -1 stays *padding*, which is masked.
     """
 
     arch: str = "hermes-r"
@@ -79,6 +99,11 @@ class ModelConfig:
     mlp_ratio: int = 4
     map_size: int = 4
     map_fusion_depth: int = 2
+    fusion_order: str = "sequential"
+    align_corners: bool = True
+    separate_feature_norm: bool = True
+    ffn_norm_eps: float = 1e-4
+    null_token: bool = True
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -99,6 +124,10 @@ class ModelConfig:
             self.fusion_encoder_scales or self.fusion_decoder_scales
         ):
             raise ConfigError(f"{self.arch} needs at least one fusion scale")
+        if self.fusion_order not in ("sequential", "parallel"):
+            raise ConfigError(
+                f"fusion_order must be 'sequential' or 'parallel', got {self.fusion_order!r}"
+            )
         if self.modality_tokens < 1:
             raise ConfigError(f"modality_tokens must be >= 1, got {self.modality_tokens}")
         if self.arch in ("medformer", "hermes-m") and (
@@ -134,7 +163,19 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return cls().replace(**data)
+        """The config recorded in ``data``; fields it lacks take ``LEGACY_DEFAULTS`` (files
+        written before those fields existed), then the dataclass defaults."""
+        return cls().replace(**{**LEGACY_DEFAULTS, **data})
+
+
+#: What a checkpoint that does not record these fields computed (Hermes before paper parity).
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "fusion_order": "parallel",
+    "align_corners": False,
+    "separate_feature_norm": False,
+    "ffn_norm_eps": 1e-5,
+    "null_token": False,
+}
 
 
 @dataclass(frozen=True)
@@ -148,6 +189,11 @@ class PreprocessConfig:
         ct_clip: HU window applied to CT before z-scoring.
         mr_percentiles: percentile window applied to MR before z-scoring.
         patch_size: sliding-window / training patch in voxels (canonical axis order).
+        norm_region: where the z-score's mean and std come from: ``volume`` (every voxel, as in
+            training on crops; the default) or ``body`` (voxels inside the body: CT above -500
+            HU, MR/PET above 10% of the clip window). Whole scans hold far more air than the
+            label-cropped volumes that the authors' weights were trained on; ``body`` keeps
+            the statistics closer to those crops.
     """
 
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
@@ -155,8 +201,11 @@ class PreprocessConfig:
     ct_clip: tuple[float, float] = (-990.0, 500.0)
     mr_percentiles: tuple[float, float] = (2.0, 98.0)
     patch_size: tuple[int, int, int] = (128, 128, 128)
+    norm_region: str = "volume"
 
     def __post_init__(self) -> None:
+        if self.norm_region not in ("volume", "body"):
+            raise ConfigError(f"norm_region must be 'volume' or 'body', got {self.norm_region!r}")
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
             raise ConfigError(f"spacing must be three positive mm values, got {self.spacing}")
         if len(self.patch_size) != 3 or min(self.patch_size) < 8:
@@ -185,6 +234,9 @@ _NO_FUSION: dict[str, Any] = {
 
 _NO_PRIORS: dict[str, Any] = {"fusion_encoder_scales": (), "fusion_decoder_scales": ()}
 _TINY_RESUNET: dict[str, Any] = {"base_channels": 4, "num_blocks": (1, 1, 1, 1)}
+# MedFormer / Hermes-M keep the decoder upsampling they were built and tested with: there are
+# no reference outputs of the authors' Hermes-M to check a change against (docs/parity.md).
+_MEDFORMER_UPSAMPLING: dict[str, Any] = {"align_corners": False}
 _TINY_MEDFORMER: dict[str, Any] = {
     "base_channels": 4,
     "num_blocks": (1, 1, 1, 1),
@@ -214,10 +266,16 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     ),
     "resunet-tiny": ModelConfig(base_channels=4, num_blocks=(1, 1, 1, 1), **_NO_FUSION),
     # MedFormer as in the Hermes paper (Table 6: 43.2M; Hermes-M 44.5M with 42 tasks).
-    "medformer-base": ModelConfig(arch="medformer", num_blocks=(2, 2, 4, 8), **_NO_PRIORS),
-    "hermes-m-base": ModelConfig(arch="hermes-m", num_blocks=(2, 2, 4, 8)),
-    "medformer-tiny": ModelConfig(arch="medformer", **_TINY_MEDFORMER, **_NO_PRIORS),
-    "hermes-m-tiny": ModelConfig(arch="hermes-m", modality_tokens=4, **_TINY_MEDFORMER),
+    "medformer-base": ModelConfig(
+        arch="medformer", num_blocks=(2, 2, 4, 8), **_NO_PRIORS, **_MEDFORMER_UPSAMPLING
+    ),
+    "hermes-m-base": ModelConfig(arch="hermes-m", num_blocks=(2, 2, 4, 8), **_MEDFORMER_UPSAMPLING),
+    "medformer-tiny": ModelConfig(
+        arch="medformer", **_TINY_MEDFORMER, **_NO_PRIORS, **_MEDFORMER_UPSAMPLING
+    ),
+    "hermes-m-tiny": ModelConfig(
+        arch="hermes-m", modality_tokens=4, **_TINY_MEDFORMER, **_MEDFORMER_UPSAMPLING
+    ),
     # Universal baselines on the ResUNet-Base backbone (paper §4.2, Table 7).
     "multi-decoder-r": ModelConfig(arch="multi-decoder-r", **_NO_PRIORS),
     "dodnet-r": ModelConfig(arch="dodnet-r", **_NO_PRIORS),

@@ -207,7 +207,8 @@ def plan_groups(
     members: dict[str, list[tuple[int, str]]] = {}
     for row, task in enumerate(requested):
         holders = [(name, ids) for name, ids in task_groups.items() if task in ids]
-        same = [h for h in holders if dataset_modality.get(h[0]) == modality]
+        family = registry.modality_family(modality)
+        same = [h for h in holders if _family_of(dataset_modality.get(h[0])) == family]
         name, ids = (same or holders or [(task, [task])])[0]
         chosen.setdefault(name, [t for t in ids if t in index])
         members.setdefault(name, []).append((row, task))
@@ -486,6 +487,8 @@ class Segmenter:
         batch_size: windows per forward; None = 4 on a GPU, 1 on the CPU.
         tta: mirror test-time augmentation (8x slower).
         precision: ``auto`` (fp16 on CUDA, fp32 elsewhere), ``fp32``, ``fp16``, ``bf16``.
+        norm_region: override the weights' z-score region (``volume`` or ``body``; see
+            ``PreprocessConfig.norm_region``); None keeps what the weights were trained with.
     """
 
     def __init__(
@@ -496,6 +499,7 @@ class Segmenter:
         batch_size: int | None = None,
         tta: bool = False,
         precision: str = "auto",
+        norm_region: str | None = None,
     ) -> None:
         from hermes_model.hub import resolve_weights
         from hermes_model.weights import load_checkpoint
@@ -509,6 +513,9 @@ class Segmenter:
             self.preprocess = PreprocessConfig.from_dict(metadata.get("preprocess", {}))
         except (TypeError, ConfigError) as error:
             raise WeightsError(f"{resolved.path}: bad preprocessing metadata ({error})") from error
+        if norm_region is not None:
+            changed = {**self.preprocess.to_dict(), "norm_region": norm_region}
+            self.preprocess = PreprocessConfig.from_dict(changed)  # refuses a bad value
         self.task_groups: dict[str, list[str]] = dict(metadata.get("task_groups", {}))
         default_batch = 1 if self.device.type == "cpu" else 4
         self.settings = WindowSettings(
@@ -540,7 +547,8 @@ class Segmenter:
         if not names:
             if modality is None:
                 return available, []
-            chosen = [t for t in available if modality in _trained_modalities(t)]
+            family = registry.modality_family(modality)
+            chosen = [t for t in available if family in _trained_modalities(t)]
             if not chosen:
                 raise TaskError(
                     f"these weights have no task trained on {modality.upper()} (they segment "
@@ -552,7 +560,8 @@ class Segmenter:
             f"task {t} was not trained on {modality.upper()} (only on "
             f"{', '.join(m.upper() for m in _trained_modalities(t))}); expect poor masks"
             for t in chosen
-            if modality is not None and modality not in _trained_modalities(t)
+            if modality is not None
+            and registry.modality_family(modality) not in _trained_modalities(t)
         ]
         return chosen, warnings
 
@@ -584,18 +593,28 @@ class Segmenter:
             modality, confidence = registry.normalize_modality(modality), 1.0
         else:
             modality, confidence = detect_modality(array, meta)
-        if modality not in self.model.modalities:
-            raise TaskError(
-                f"{meta.source}: the weights know {', '.join(self.model.modalities)}, not "
-                f"{modality}; pass --modality to force one"
-            )
-        warnings = check_image(array, meta, modality)
+        modality, row_warnings = self._modality_row(modality, meta.source)
+        warnings = row_warnings + check_image(array, meta, modality)
         task_ids, task_warnings = self.select_tasks(tasks, modality)
         with torch.inference_mode():
             result = self._run(array, meta, task_ids, modality, probabilities, progress, timings)
         result.modality_confidence = confidence
         result.warnings = warnings + task_warnings
         return result
+
+    def _modality_row(self, modality: str, source: str) -> tuple[str, list[str]]:
+        """The weights' modality row for ``modality``: itself, else (for an MR sequence the
+        weights lack, such as ``mr-t2`` on ct/mr weights) the generic ``mr`` row, with a note."""
+        known = self.model.modalities
+        if modality in known:
+            return modality, []
+        family = registry.modality_family(modality)
+        if family == "mr" and "mr" in known:
+            return "mr", [f"{source}: these weights have no {modality} row; using their mr row"]
+        raise TaskError(
+            f"{source}: the weights know {', '.join(known)}, not {modality}; pass --modality "
+            "to force one"
+        )
 
     def _run(
         self,
@@ -658,7 +677,11 @@ class Segmenter:
 def _trained_modalities(task_id: str) -> tuple[str, ...]:
     """Modalities a task has training data in; all of them for tasks outside the registry."""
     known = {t.id: t for t in registry.all_tasks()}
-    return known[task_id].modalities if task_id in known else registry.MODALITIES
+    return known[task_id].modalities if task_id in known else registry.FAMILIES
+
+
+def _family_of(modality: str | None) -> str | None:
+    return None if modality is None else registry.modality_family(modality)
 
 
 class _Clock:

@@ -35,6 +35,7 @@ from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, orn
 from hermes_model.config import PreprocessConfig
 from hermes_model.errors import InputError, TaskError
 from hermes_model.io import ImageMeta
+from hermes_model.tasks import MODALITIES
 
 __all__ = [
     "MODALITIES",
@@ -54,7 +55,7 @@ __all__ = [
     "check_image",
 ]
 
-MODALITIES = ("ct", "mr")
+# MODALITIES (the registry's rows): CT is clipped in HU, every other row (PET, MR) at percentiles.
 MAX_PERCENTILE_SAMPLES = 2**20
 
 
@@ -168,22 +169,35 @@ class Intensity:
 def normalise(
     tensor: torch.Tensor, modality: str, config: PreprocessConfig
 ) -> tuple[torch.Tensor, Intensity]:
-    """CT: clip to ``config.ct_clip`` HU; MR: clip to ``config.mr_percentiles``; then z-score.
+    """CT: clip to ``config.ct_clip`` HU; MR/PET: clip to ``config.mr_percentiles``; then
+    z-score, with mean and std over the whole volume or, for ``config.norm_region == "body"``,
+    over the body's voxels only (the clip window still comes from the whole volume).
 
     Works on a float tensor of any shape, on its device. A constant (clipped) volume has std 0;
     it is then divided by 1 so that the result is all zeros rather than NaN.
     """
     if modality == "ct":
         low, high = config.ct_clip
-    elif modality == "mr":
+    elif modality in MODALITIES:
         low, high = percentiles(tensor, config.mr_percentiles)
     else:
         raise TaskError(f"unknown modality {modality!r}; use one of {', '.join(MODALITIES)}")
+    region = _body(tensor, modality, low, high) if config.norm_region == "body" else None
     tensor = tensor.clamp(low, high)
-    std, mean = torch.std_mean(tensor, correction=0)
+    if region is not None and int(region.sum()) > 1:
+        std, mean = torch.std_mean(tensor[region], correction=0)
+    else:
+        std, mean = torch.std_mean(tensor, correction=0)
     std_value = float(std) if float(std) > 1e-6 else 1.0
     tensor = (tensor - mean) / std_value
     return tensor, Intensity(float(low), float(high), float(mean), std_value)
+
+
+def _body(tensor: torch.Tensor, modality: str, low: float, high: float) -> torch.Tensor:
+    """Voxels inside the body, for ``norm_region = "body"`` statistics: CT above -500 HU (air
+    and the table's surroundings out); PET/MR above 10% of the clip window (background out)."""
+    threshold = -500.0 if modality == "ct" else low + 0.1 * (high - low)
+    return tensor > threshold
 
 
 @dataclass(eq=False)
@@ -382,7 +396,8 @@ def _looks_like_hu(s: _Summary) -> float:
 
 
 def detect_modality(array: np.ndarray, meta: ImageMeta) -> tuple[str, float]:
-    """("ct" or "mr", confidence 0-1): the DICOM Modality tag, else the intensities.
+    """("ct", "mr" or "pet", confidence 0-1): the DICOM Modality tag (PT: pet), else the
+    intensities (ct or mr).
 
     CT in Hounsfield units has air near -1000 and many voxels in the fat/soft-tissue range
     (-200..250); anything else is taken as MR, with lower confidence when the values are already
@@ -394,6 +409,8 @@ def detect_modality(array: np.ndarray, meta: ImageMeta) -> tuple[str, float]:
         return "ct", 1.0
     if tag in ("MR", "MRI"):
         return "mr", 1.0
+    if tag == "PT":
+        return "pet", 1.0
     s = _summary(array)
     ct = _looks_like_hu(s)
     if ct > 0.0:
@@ -432,12 +449,12 @@ def check_image(array: np.ndarray, meta: ImageMeta, modality: str) -> list[str]:
     if modality == "ct":
         _check_hounsfield(s, source)
     warnings = list(meta.notes)
-    if modality == "mr" and _looks_like_hu(s) >= 0.8:
+    if modality != "ct" and _looks_like_hu(s) >= 0.8:
         warnings.append(
             f"{source}: intensities look like CT in Hounsfield units (air near -1000) although "
             "the modality is MR; pass --modality ct if this is a CT"
         )
-    if meta.modality_tag and meta.modality_tag not in ("CT", "MR"):
+    if meta.modality_tag and meta.modality_tag not in ("CT", "MR", "PT"):
         warnings.append(
             f"{source}: DICOM modality is {meta.modality_tag}; Hermes is trained on CT and MR "
             f"only, and processes it as {modality.upper()}"

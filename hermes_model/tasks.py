@@ -26,6 +26,8 @@ from hermes_model.errors import TaskError
 
 __all__ = [
     "MODALITIES",
+    "FAMILIES",
+    "modality_family",
     "Task",
     "Dataset",
     "all_tasks",
@@ -45,10 +47,32 @@ __all__ = [
 ]
 
 #: Modalities the model knows; the index is the modality id (row of the modality prior pool).
-MODALITIES: tuple[str, ...] = ("ct", "mr")
+#: The six rows are the authors' (their ``dataset_modality_map``): CT, PET, T1 MR, T2 MR, cine MR
+#: and MR of unknown sequence (``mr``, their row 5, used for AMOS MR). Detection says ``ct``,
+#: ``mr`` or (DICOM ``PT``) ``pet``; ``--modality`` may name a specific MR row.
+MODALITIES: tuple[str, ...] = ("ct", "pet", "mr-t1", "mr-t2", "mr-cine", "mr")
 
-_MODALITY_SYNONYMS = {"ct": "ct", "mr": "mr", "mri": "mr"}
+#: Modality families: what normalisation, aliases and "trained on" checks go by.
+FAMILIES: tuple[str, ...] = ("ct", "mr", "pet")
+
+_MODALITY_SYNONYMS = {
+    "ct": "ct",
+    "pet": "pet",
+    "pt": "pet",
+    "mr": "mr",
+    "mri": "mr",
+    "mr-t1": "mr-t1",
+    "t1": "mr-t1",
+    "mr-t2": "mr-t2",
+    "t2": "mr-t2",
+    "mr-cine": "mr-cine",
+    "cine": "mr-cine",
+}
 _HINT = 'run "hermes tasks" to see all'
+
+
+def _family(modality: str) -> str:
+    return "mr" if modality.startswith("mr") else modality
 
 
 @dataclass(frozen=True)
@@ -60,7 +84,7 @@ class Task:
         dataset: the task namespace (``amos``), shared by AMOS CT and AMOS MR.
         label: snake_case label inside the namespace (``liver_tumor``).
         name: display name (``Liver tumour``).
-        modalities: modalities with annotated training data, in ``MODALITIES`` order.
+        modalities: modality families (``FAMILIES``: ct, mr, pet) with annotated training data.
         kind: ``organ`` or ``tumour``.
         parent: for a tumour, the id of the organ it lies in. In a label map a tumour wins over
             its parent organ where both are predicted.
@@ -82,11 +106,12 @@ class Dataset:
     Attributes:
         name: registry key (``amos_ct``, ``amos_mr``, ``bcv``).
         display: human-readable name.
-        modality: ``ct`` or ``mr``.
+        modality: a row of ``MODALITIES`` (``ct``, ``mr``, ``mr-cine``, ...).
         tasks: ordered task ids; label value ``i + 1`` of the dataset's label maps is ``tasks[i]``.
         role: ``upstream`` (the paper's 7 training datasets), ``downstream`` (transfer,
-            incremental learning, generalisation) or ``local`` (data available in this project).
-        body_region: ``abdomen``, ``thorax`` or ``brain``.
+            incremental learning, generalisation), ``local`` (data available in this project)
+            or ``released`` (further datasets of the authors' released 71-task weights).
+        body_region: ``abdomen``, ``thorax``, ``head_neck``, ``brain`` or ``whole_body``.
         cases: public labelled cases (CHAOS: image volumes, 20 patients x 3 MR sequences).
     """
 
@@ -98,6 +123,36 @@ class Dataset:
     body_region: str
     cases: int = 0
 
+
+# StructSeg 2019 Task 1 (head-and-neck organs at risk), label values 1..22 in this order (the
+# authors' task rows 42-63). Names follow the challenge's label convention.
+_STRUCTSEG_HN_ROWS: tuple[tuple[str, str, str, str | None], ...] = tuple(
+    (f"structseg_hn/{label}", name, "organ", None)
+    for label, name in (
+        ("brainstem", "Brainstem"),
+        ("eye_left", "Left eye"),
+        ("eye_right", "Right eye"),
+        ("lens_left", "Left lens"),
+        ("lens_right", "Right lens"),
+        ("optic_nerve_left", "Left optic nerve"),
+        ("optic_nerve_right", "Right optic nerve"),
+        ("optic_chiasm", "Optic chiasm"),
+        ("temporal_lobe_left", "Left temporal lobe"),
+        ("temporal_lobe_right", "Right temporal lobe"),
+        ("pituitary", "Pituitary gland"),
+        ("parotid_left", "Left parotid gland"),
+        ("parotid_right", "Right parotid gland"),
+        ("inner_ear_left", "Left inner ear"),
+        ("inner_ear_right", "Right inner ear"),
+        ("middle_ear_left", "Left middle ear"),
+        ("middle_ear_right", "Right middle ear"),
+        ("tmj_left", "Left temporomandibular joint"),
+        ("tmj_right", "Right temporomandibular joint"),
+        ("spinal_cord", "Spinal cord"),
+        ("mandible_left", "Left mandible"),
+        ("mandible_right", "Right mandible"),
+    )
+)
 
 # --- Table 1: tasks (id, display name, kind, parent). Row order is the registry's stable order.
 _TASK_ROWS: tuple[tuple[str, str, str, str | None], ...] = (
@@ -151,6 +206,14 @@ _TASK_ROWS: tuple[tuple[str, str, str, str | None], ...] = (
     ("msd_pancreas/pancreas_tumor", "Pancreas tumour", "tumour", "msd_pancreas/pancreas"),
     ("hippocampus/anterior", "Hippocampus, anterior (head)", "organ", None),
     ("hippocampus/posterior", "Hippocampus, posterior (body and tail)", "organ", None),
+    *_STRUCTSEG_HN_ROWS,
+    ("mnms/left_ventricle", "Left ventricle cavity", "organ", None),
+    ("mnms/myocardium", "Left ventricle myocardium", "organ", None),
+    ("mnms/right_ventricle", "Right ventricle cavity", "organ", None),
+    ("brain/grey_matter", "Grey matter", "organ", None),
+    ("brain/white_matter", "White matter", "organ", None),
+    ("brain/csf", "Cerebrospinal fluid", "organ", None),
+    ("autopet/lesion", "FDG-avid lesion", "tumour", None),
 )
 
 
@@ -233,6 +296,16 @@ _DATASETS: tuple[Dataset, ...] = (
             _labels("msd_pancreas", "pancreas", "pancreas_tumor"), "downstream", "abdomen", 281),
     Dataset("hippocampus", "MSD Task04 Hippocampus (cropped)", "mr",
             _labels("hippocampus", "anterior", "posterior"), "local", "brain", 260),
+    # The four further datasets of the authors' released 71-task Hermes-R (11 datasets).
+    Dataset("structseg_hn", "StructSeg 2019 Task 1 (head-and-neck organs at risk)", "ct",
+            tuple(row[0] for row in _STRUCTSEG_HN_ROWS), "released", "head_neck", 50),
+    Dataset("mnms", "M&Ms (multi-vendor cardiac cine MR)", "mr-cine",
+            _labels("mnms", "left_ventricle", "myocardium", "right_ventricle"),
+            "released", "thorax", 375),
+    Dataset("brain_structure", "Brain structures (grey matter, white matter, CSF; T1 MR)",
+            "mr-t1", _labels("brain", "grey_matter", "white_matter", "csf"), "released", "brain"),
+    Dataset("autopet", "autoPET (FDG-PET lesions)", "pet", ("autopet/lesion",), "released",
+            "whole_body", 1014),
 )  # fmt: skip
 
 # --- Table 3: aliases -> preferred task per modality (None: no task for that modality).
@@ -268,7 +341,37 @@ _ALIAS_ROWS: tuple[tuple[tuple[str, ...], str | None, str | None], ...] = (
     (("spinal_cord",), "structseg/spinal_cord", None),
     (("hippocampus_anterior",), None, "hippocampus/anterior"),
     (("hippocampus_posterior",), None, "hippocampus/posterior"),
+    (("brainstem", "brain_stem"), "structseg_hn/brainstem", None),
+    (("eye_left", "left_eye"), "structseg_hn/eye_left", None),
+    (("eye_right", "right_eye"), "structseg_hn/eye_right", None),
+    (("lens_left", "left_lens"), "structseg_hn/lens_left", None),
+    (("lens_right", "right_lens"), "structseg_hn/lens_right", None),
+    (("optic_nerve_left", "left_optic_nerve"), "structseg_hn/optic_nerve_left", None),
+    (("optic_nerve_right", "right_optic_nerve"), "structseg_hn/optic_nerve_right", None),
+    (("optic_chiasm", "chiasm"), "structseg_hn/optic_chiasm", None),
+    (("temporal_lobe_left", "left_temporal_lobe"), "structseg_hn/temporal_lobe_left", None),
+    (("temporal_lobe_right", "right_temporal_lobe"), "structseg_hn/temporal_lobe_right", None),
+    (("pituitary", "pituitary_gland"), "structseg_hn/pituitary", None),
+    (("parotid_left", "left_parotid"), "structseg_hn/parotid_left", None),
+    (("parotid_right", "right_parotid"), "structseg_hn/parotid_right", None),
+    (("inner_ear_left", "left_inner_ear"), "structseg_hn/inner_ear_left", None),
+    (("inner_ear_right", "right_inner_ear"), "structseg_hn/inner_ear_right", None),
+    (("middle_ear_left", "left_middle_ear"), "structseg_hn/middle_ear_left", None),
+    (("middle_ear_right", "right_middle_ear"), "structseg_hn/middle_ear_right", None),
+    (("tmj_left", "left_tmj"), "structseg_hn/tmj_left", None),
+    (("tmj_right", "right_tmj"), "structseg_hn/tmj_right", None),
+    (("mandible_left", "left_mandible"), "structseg_hn/mandible_left", None),
+    (("mandible_right", "right_mandible"), "structseg_hn/mandible_right", None),
+    (("left_ventricle", "lv"), None, "mnms/left_ventricle"),
+    (("myocardium", "lv_myocardium"), None, "mnms/myocardium"),
+    (("right_ventricle", "rv"), None, "mnms/right_ventricle"),
+    (("grey_matter", "gray_matter"), None, "brain/grey_matter"),
+    (("white_matter",), None, "brain/white_matter"),
+    (("csf", "cerebrospinal_fluid"), None, "brain/csf"),
 )  # fmt: skip
+
+#: Aliases whose only task is on PET (no CT or MR column above).
+_PET_ALIASES: dict[str, str] = {"lesion": "autopet/lesion", "pet_lesion": "autopet/lesion"}
 
 
 def _normalize(name: str) -> str:
@@ -281,10 +384,10 @@ def _build_tasks() -> dict[str, Task]:
     tasks: dict[str, Task] = {}
     for task_id, name, kind, parent in _TASK_ROWS:
         namespace, _, label = task_id.partition("/")
-        found = {d.modality for d in _DATASETS if task_id in d.tasks}
+        found = {_family(d.modality) for d in _DATASETS if task_id in d.tasks}
         if not found:
             raise RuntimeError(f"registry bug: task {task_id} belongs to no dataset")
-        modalities = tuple(m for m in MODALITIES if m in found)
+        modalities = tuple(m for m in FAMILIES if m in found)
         tasks[task_id] = Task(task_id, namespace, label, name, modalities, kind, parent)
     for dataset in _DATASETS:
         missing = [t for t in dataset.tasks if t not in tasks]
@@ -296,8 +399,11 @@ def _build_tasks() -> dict[str, Task]:
 def _build_aliases() -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
     table: dict[str, dict[str, str]] = {}
     index: dict[str, dict[str, str]] = {}
-    for names, ct, mr in _ALIAS_ROWS:
-        targets = {m: t for m, t in zip(MODALITIES, (ct, mr), strict=True) if t is not None}
+    rows = [*_ALIAS_ROWS, *(((n,), None, None) for n in _PET_ALIASES)]
+    for names, ct, mr in rows:
+        targets = {m: t for m, t in zip(("ct", "mr"), (ct, mr), strict=True) if t is not None}
+        if names[0] in _PET_ALIASES:
+            targets = {"pet": _PET_ALIASES[names[0]]}
         unknown = [t for t in targets.values() if t not in _TASKS]
         if unknown:
             raise RuntimeError(f"registry bug: alias {names[0]} names unknown tasks {unknown}")
@@ -325,8 +431,11 @@ def _unknown(what: str, name: str, candidates: Iterable[str]) -> TaskError:
 
 
 def normalize_modality(name: str) -> str:
-    """``"CT"`` -> ``"ct"``, ``"MRI"`` -> ``"mr"``. Unknown names raise :class:`TaskError`."""
-    key = name.strip().lower()
+    """``"CT"`` -> ``"ct"``, ``"MRI"`` -> ``"mr"``, ``"T2"`` -> ``"mr-t2"``, ``"PT"`` -> ``"pet"``.
+
+    Unknown names raise :class:`TaskError`.
+    """
+    key = name.strip().lower().replace("_", "-")
     if key not in _MODALITY_SYNONYMS:
         raise TaskError(
             f"unknown modality {name!r}; use one of: {', '.join(MODALITIES)} (or 'mri' for mr)"
@@ -334,8 +443,16 @@ def normalize_modality(name: str) -> str:
     return _MODALITY_SYNONYMS[key]
 
 
+def modality_family(name: str) -> str:
+    """``ct``, ``mr`` or ``pet``: every MR row (``mr-t1``, ``mr-cine``, ...) is ``mr``."""
+    return _family(normalize_modality(name))
+
+
 def modality_index(name: str) -> int:
-    """Modality id used by the model (row of the modality prior pool): ``ct`` -> 0, ``mr`` -> 1."""
+    """Row of the modality prior pool in the registry's order: ``ct`` -> 0, ``mr`` -> 5.
+
+    A model records its own modality rows (``model.modalities``); index those for a model.
+    """
     return MODALITIES.index(normalize_modality(name))
 
 
@@ -374,8 +491,8 @@ def dataset_of(task_id: str, modality: str | None = None) -> Dataset:
     task = get_task(task_id)
     holders = [d for d in _DATASETS if task.id in d.tasks]
     if modality is not None:
-        wanted = normalize_modality(modality)
-        holders = [d for d in holders if d.modality == wanted] or holders
+        wanted = modality_family(modality)
+        holders = [d for d in holders if modality_family(d.modality) == wanted] or holders
     return holders[0]
 
 
@@ -385,7 +502,7 @@ def task_ids(dataset: str | None = None, modality: str | None = None) -> list[st
     Args:
         dataset: a dataset name (``amos_mr``: its group, in label order) or a task namespace
             (``amos``: every task of that namespace). ``None``: all datasets.
-        modality: keep tasks with training data in this modality (``ct`` or ``mr``).
+        modality: keep tasks with training data in this modality's family (ct, mr, pet).
 
     Returns:
         Ids in a stable order. With no filter this is every registered task: the default task
@@ -403,7 +520,7 @@ def task_ids(dataset: str | None = None, modality: str | None = None) -> list[st
             namespaces = {t.dataset for t in _TASKS.values()}
             raise _unknown("dataset", dataset, set(_DATASET_BY_NAME) | namespaces)
     if modality is not None:
-        wanted = normalize_modality(modality)
+        wanted = modality_family(modality)
         ids = [i for i in ids if wanted in _TASKS[i].modalities]
     return ids
 
@@ -434,7 +551,7 @@ def _resolve_one(name: str, modality: str | None, available: dict[str, str] | No
             )
         # Weights with their own task list: the preferred task if they have it, else any task
         # with the same label (``bcv/liver`` for ``liver``).
-        order = [targets[m] for m in (modality, *MODALITIES) if m is not None and m in targets]
+        order = [targets[m] for m in (modality, *FAMILIES) if m is not None and m in targets]
         label = get_task(order[0]).label
         order += [t for t in available.values() if t in _TASKS and _TASKS[t].label == label]
         for candidate in order:
@@ -466,7 +583,7 @@ def resolve(
         TaskError: an unknown name (the message lists the closest names), an alias with no task
             for ``modality``, or a task the weights do not have.
     """
-    wanted = normalize_modality(modality) if modality is not None else None
+    wanted = modality_family(modality) if modality is not None else None
     lookup = None if available is None else {_normalize(t): t for t in available}
     resolved: list[str] = []
     for item in names:

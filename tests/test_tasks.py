@@ -84,7 +84,8 @@ def test_every_dataset_task_is_registered_and_every_task_has_a_dataset() -> None
     in_datasets = {t for d in tasks.all_datasets() for t in d.tasks}
     assert registered == in_datasets
     assert tasks.task_ids() == [t.id for t in tasks.all_tasks()]
-    assert len(tasks.task_ids()) == 50  # 42 upstream + SegTHOR 4 + MSD pancreas 2 + hippocampus 2
+    # 42 upstream + SegTHOR 4 + MSD pancreas 2 + hippocampus 2 + 29 of the released 71-task model
+    assert len(tasks.task_ids()) == 79
 
 
 def test_task_fields() -> None:
@@ -99,7 +100,8 @@ def test_task_fields() -> None:
     for task in tasks.all_tasks():
         assert task.id == f"{task.dataset}/{task.label}"
         assert task.kind in ("organ", "tumour")
-        assert (task.parent is not None) == (task.kind == "tumour")
+        # Every tumour lies in its parent organ, except whole-body PET lesions (autoPET).
+        assert (task.parent is not None) == (task.kind == "tumour" and task.id != "autopet/lesion")
         if task.parent is not None:
             assert tasks.get_task(task.parent).dataset == task.dataset
 
@@ -201,12 +203,32 @@ def test_task_ids_filters() -> None:
         tasks.task_ids("amoss_ct")
 
 
-def test_modality_index() -> None:
-    assert tasks.MODALITIES == ("ct", "mr")
+def test_modality_rows_are_the_authors_six() -> None:
+    # Their modality_prior rows: CT, PET, T1 MR, T2 MR, cine MR, MR of unknown sequence.
+    assert tasks.MODALITIES == ("ct", "pet", "mr-t1", "mr-t2", "mr-cine", "mr")
     assert tasks.modality_index("CT") == 0
-    assert tasks.modality_index("mri") == 1
-    with pytest.raises(TaskError, match="unknown modality 'pet'"):
-        tasks.modality_index("pet")
+    assert tasks.modality_index("mri") == 5  # detection's "mr" is the unknown-sequence row
+    assert tasks.modality_index("PT") == 1  # the DICOM Modality tag of PET
+    assert tasks.normalize_modality("T2") == "mr-t2"
+    assert [tasks.modality_family(m) for m in tasks.MODALITIES] == [
+        "ct", "pet", "mr", "mr", "mr", "mr"
+    ]  # fmt: skip
+    with pytest.raises(TaskError, match="unknown modality 'us'"):
+        tasks.modality_index("us")
+
+
+def test_released_model_datasets_and_aliases() -> None:
+    assert len(tasks.get_dataset("structseg_hn").tasks) == 22
+    assert tasks.get_dataset("mnms").modality == "mr-cine"
+    assert tasks.get_dataset("brain_structure").modality == "mr-t1"
+    assert tasks.get_task("autopet/lesion").modalities == ("pet",)
+    assert tasks.resolve(["parotid_left", "brainstem"], modality="ct") == [
+        "structseg_hn/parotid_left", "structseg_hn/brainstem"
+    ]  # fmt: skip
+    assert tasks.resolve(["myocardium"], modality="mr-cine") == ["mnms/myocardium"]
+    assert tasks.resolve(["lesion"], modality="pet") == ["autopet/lesion"]
+    # An MR sequence row resolves MR aliases like plain MR.
+    assert tasks.resolve(["liver"], modality="mr-t2") == ["amos/liver"]
 
 
 def test_unknown_task_and_dataset_lookups() -> None:

@@ -4,6 +4,9 @@ tokens ``p`` (B, K, C) and a feature map flattened to tokens ``X`` (B, N, C).
 Padded prior tokens (``valid`` False) take part in no attention: they are masked out as keys
 when the features read from the priors, and their own updates are zeroed, so a real task's
 output never depends on how much padding its batch carries.
+
+The optional *null* token (``ModelConfig.null_token``) is different: a learned token appended
+after every sample's task tokens, attended to like a real task; its posterior is dropped.
 """
 
 from __future__ import annotations
@@ -52,18 +55,29 @@ class FusionBlock(nn.Module):
     """One bi-directional block: priors read the features (eq. 5), then, if ``bidirectional``,
     the features read the posterior priors (eq. 6). Pre-norm, residuals, FFNs."""
 
-    def __init__(self, dim: int, head_dim: int, mlp_ratio: int, bidirectional: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        head_dim: int,
+        mlp_ratio: int,
+        bidirectional: bool,
+        separate_feature_norm: bool = False,
+        ffn_norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         self.bidirectional = bidirectional
         self.norm_p = nn.LayerNorm(dim)
         self.norm_x = nn.LayerNorm(dim)
         self.prior_attn = CrossAttention(dim, head_dim)
-        self.prior_ffn_norm = nn.LayerNorm(dim)
+        self.prior_ffn_norm = nn.LayerNorm(dim, eps=ffn_norm_eps)
         self.prior_ffn = FeedForward(dim, mlp_ratio)
+        self.norm_x2: nn.LayerNorm | None = None
         if bidirectional:
+            if separate_feature_norm:
+                self.norm_x2 = nn.LayerNorm(dim)
             self.norm_p2 = nn.LayerNorm(dim)
             self.feat_attn = CrossAttention(dim, head_dim)
-            self.feat_ffn_norm = nn.LayerNorm(dim)
+            self.feat_ffn_norm = nn.LayerNorm(dim, eps=ffn_norm_eps)
             self.feat_ffn = FeedForward(dim, mlp_ratio)
 
     def forward(
@@ -75,7 +89,8 @@ class FusionBlock(nn.Module):
         p = p + self.prior_attn(self.norm_p(p), x_n)
         p = (p + self.prior_ffn(self.prior_ffn_norm(p))) * keep
         if self.bidirectional:
-            x = x + self.feat_attn(x_n, self.norm_p2(p), key_mask=valid)
+            query = x_n if self.norm_x2 is None else self.norm_x2(x)
+            x = x + self.feat_attn(query, self.norm_p2(p), key_mask=valid)
             x = x + self.feat_ffn(self.feat_ffn_norm(x))
         return x, p
 
@@ -85,14 +100,23 @@ class PriorPool(nn.Module):
 
     The task pool is a list of chunks so that ``add_tasks`` appends new tokens without touching
     (or re-allocating) the existing ones; incremental learning trains only the new chunk.
-    ``select`` gathers the oracle-selected ``[p_t, p_m]``.
+    ``select`` gathers the oracle-selected ``[p_t, p_m]``. With ``null_token`` a learned
+    ``null_prior`` (1, C), kept apart from the task chunks, follows each sample's task tokens.
     """
 
-    def __init__(self, dim: int, num_tasks: int, num_modalities: int, modality_tokens: int):
+    def __init__(
+        self,
+        dim: int,
+        num_tasks: int,
+        num_modalities: int,
+        modality_tokens: int,
+        null_token: bool = False,
+    ):
         super().__init__()
         self.dim = dim
-        tokens = nn.init.xavier_uniform_(torch.empty(num_tasks, dim))
-        self.task_prior = nn.ParameterList([nn.Parameter(tokens)])
+        tokens = nn.init.xavier_uniform_(torch.empty(num_tasks + int(null_token), dim))
+        self.task_prior = nn.ParameterList([nn.Parameter(tokens[:num_tasks].clone())])
+        self.null_prior = nn.Parameter(tokens[num_tasks:].clone()) if null_token else None
         self.modality_prior = (
             nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_modalities, modality_tokens, dim)))
             if modality_tokens
@@ -107,10 +131,15 @@ class PriorPool(nn.Module):
     def select(
         self, task_idx: torch.Tensor, modality_idx: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Priors ``[p_t, p_m]`` (B, T + l, C), zeros in padded slots, and validity (B, T + l)."""
+        """Priors ``[p_t, (null), p_m]`` (B, T + n + l, C), zeros in padded slots, and their
+        validity (B, T + n + l); n is 1 with a null token, else 0."""
         pool = torch.cat(list(self.task_prior), dim=0)
         valid = task_idx >= 0
         tokens = pool[task_idx.clamp(min=0)] * valid[..., None].to(pool.dtype)
+        if self.null_prior is not None:
+            b = task_idx.shape[0]
+            tokens = torch.cat([tokens, self.null_prior.expand(b, 1, -1)], dim=1)
+            valid = torch.cat([valid, valid.new_ones(b, 1)], dim=1)
         if self.modality_prior is None:
             return tokens, valid
         mod = self.modality_prior[modality_idx]
@@ -131,10 +160,17 @@ class PriorFusion(PriorPool):
         head_dim: int,
         mlp_ratio: int,
         bidirectional: bool,
+        *,
+        null_token: bool = False,
+        separate_feature_norm: bool = False,
+        ffn_norm_eps: float = 1e-5,
     ) -> None:
-        super().__init__(dim, num_tasks, num_modalities, modality_tokens)
+        super().__init__(dim, num_tasks, num_modalities, modality_tokens, null_token)
         self.blocks = nn.ModuleList(
-            FusionBlock(dim, head_dim, mlp_ratio, bidirectional) for _ in range(depth)
+            FusionBlock(
+                dim, head_dim, mlp_ratio, bidirectional, separate_feature_norm, ffn_norm_eps
+            )
+            for _ in range(depth)
         )
 
     def forward(

@@ -4,7 +4,8 @@
         -> logits (B, T, D, H, W)
 
 ``task_idx`` indexes ``model.task_ids``; ``modality_idx`` indexes ``model.modalities``.
-A padded slot's logits are zeros and must be ignored by the caller.
+A padded slot's logits are zeros and must be ignored by the caller. Hermes-R with
+``config.null_token`` appends its learned null token itself: callers pass real tasks only.
 
 - ``HermesR``: ResUNet + task/modality prior pools fused by bi-directional cross-attention at
   the configured scales; hierarchical posterior prototypes; logits = <prototype, features>.
@@ -119,7 +120,9 @@ class HermesR(SegmentationNet):
             dim = config.channels(scale.bit_length() - 1)
             return PriorFusion(
                 dim, len(task_ids), len(modalities), l_mod, depth, config.head_dim,
-                config.mlp_ratio, config.bidirectional,
+                config.mlp_ratio, config.bidirectional, null_token=config.null_token,
+                separate_feature_norm=config.separate_feature_norm,
+                ffn_norm_eps=config.ffn_norm_eps,
             )  # fmt: skip
 
         self.enc_fusion = nn.ModuleDict(
@@ -151,12 +154,7 @@ class HermesR(SegmentationNet):
         self, image: torch.Tensor, task_idx: torch.Tensor, modality_idx: torch.Tensor
     ) -> torch.Tensor:
         self._check_inputs(image, task_idx, modality_idx)
-        posteriors: list[torch.Tensor] = []
-        feats = self.encoder(image)
-        for s, fusion in self.enc_fusion.items():
-            i = int(s).bit_length() - 1
-            feats[i], post = fusion(feats[i], task_idx, modality_idx)
-            posteriors.append(post)
+        feats, posteriors = self._encode(image, task_idx, modality_idx)
         x = feats[4]
         for i, up in enumerate(self.decoder.ups):
             x = up(x, feats[3 - i])
@@ -168,6 +166,31 @@ class HermesR(SegmentationNet):
             posteriors = posteriors[-1:]
         logits = self.head(posteriors, x)
         return logits * (task_idx >= 0)[..., None, None, None].to(logits.dtype)
+
+    def _encode(
+        self, image: torch.Tensor, task_idx: torch.Tensor, modality_idx: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Encoder features (scales 1x..16x) with the priors fused in, and the encoder
+        fusions' task posteriors in ``enc_fusion`` order.
+
+        ``sequential``: a fused map feeds the next down stage (the authors' code).
+        ``parallel`` (legacy): the whole encoder runs first, then each scale is fused alone.
+        """
+        posts: dict[str, torch.Tensor] = {}
+        if self.config.fusion_order == "parallel":
+            feats = self.encoder(image)
+            for s, fusion in self.enc_fusion.items():
+                i = int(s).bit_length() - 1
+                feats[i], posts[s] = fusion(feats[i], task_idx, modality_idx)
+        else:
+            feats = [self.encoder.stem(image)]
+            for i, stage in enumerate(self.encoder.stages):
+                x = stage(feats[-1])
+                key = str(2 ** (i + 1))
+                if key in self.enc_fusion:
+                    x, posts[key] = self.enc_fusion[key](x, task_idx, modality_idx)
+                feats.append(x)
+        return feats, [posts[s] for s in self.enc_fusion]
 
 
 class ResUNet(SegmentationNet):

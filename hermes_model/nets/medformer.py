@@ -278,6 +278,7 @@ class UpAttentionStage(nn.Module):
         last: bool,
     ) -> None:
         super().__init__()
+        self.align_corners = config.align_corners
         self.merge_maps = nn.Linear(in_ch + skip_ch, skip_ch, bias=False)
         self.blocks = nn.ModuleList(
             BMHABlock(in_ch + skip_ch if i == 0 else skip_ch, skip_ch, skip_ch, config, map_norm,
@@ -293,7 +294,9 @@ class UpAttentionStage(nn.Module):
         skip_map: torch.Tensor,
         priors: Priors | None,
     ) -> StageOutput:
-        up = F.interpolate(x.float(), size=skip.shape[2:], mode="trilinear", align_corners=False)
+        up = F.interpolate(
+            x.float(), size=skip.shape[2:], mode="trilinear", align_corners=self.align_corners
+        )
         x = torch.cat([skip, up.to(skip.dtype)], dim=1)
         m = self.merge_maps(torch.cat([m, skip_map], dim=-1))
         return _attend(self.blocks, x, m, priors)
@@ -329,7 +332,10 @@ class MedFormerBackbone(nn.Module):
             [UpAttentionStage(c[4], c[3], n[2], config, map_norm, last=False),
              UpAttentionStage(c[3], c[2], n[1], config, map_norm, last=True)]
         )  # fmt: skip
-        self.up_conv = nn.ModuleList([UpStage(c[2], c[1], n[0]), UpStage(c[1], c[0], 2)])
+        corners = config.align_corners
+        self.up_conv = nn.ModuleList(
+            [UpStage(c[2], c[1], n[0], corners), UpStage(c[1], c[0], 2, corners)]
+        )
 
     def forward(self, image: torch.Tensor, priors: Mapping[str, Priors]) -> BackboneOutput:
         posteriors: dict[str, torch.Tensor] = {}

@@ -75,13 +75,18 @@ class ResUNetEncoder(nn.Module):
 class UpStage(nn.Module):
     """Trilinear upsampling to the skip's size, concatenation, residual stage."""
 
-    def __init__(self, in_ch: int, skip_ch: int, blocks: int) -> None:
+    def __init__(self, in_ch: int, skip_ch: int, blocks: int, align_corners: bool = False) -> None:
         super().__init__()
+        self.align_corners = align_corners
         self.blocks = _stage(in_ch + skip_ch, skip_ch, blocks)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        # interpolate in float32: trilinear has no bf16 kernel on every backend.
-        up = F.interpolate(x.float(), size=skip.shape[2:], mode="trilinear", align_corners=False)
+        # Half precision is upsampled in float32 (trilinear has no bf16 kernel on every
+        # backend); float64 stays float64.
+        wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        up = F.interpolate(
+            wide, size=skip.shape[2:], mode="trilinear", align_corners=self.align_corners
+        )
         return self.blocks(torch.cat([skip, up.to(skip.dtype)], dim=1))
 
 
@@ -94,7 +99,9 @@ class ResUNetDecoder(nn.Module):
         # The decoder mirrors the encoder; the last (full-resolution) stage has two blocks as in
         # the reference ResUNet.
         blocks = [config.num_blocks[2], config.num_blocks[1], config.num_blocks[0], 2]
-        self.ups = nn.ModuleList(UpStage(c[4 - i], c[3 - i], blocks[i]) for i in range(4))
+        self.ups = nn.ModuleList(
+            UpStage(c[4 - i], c[3 - i], blocks[i], config.align_corners) for i in range(4)
+        )
 
     @staticmethod
     def scale(index: int) -> int:

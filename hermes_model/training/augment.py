@@ -45,14 +45,20 @@ class Augmenter:
         patch_size: Sequence[int],
         seed: int = 0,
         device: torch.device | str = "cpu",
+        modalities: Sequence[str] | None = None,
     ) -> None:
-        from hermes_model.tasks import MODALITIES
+        from hermes_model.tasks import MODALITIES, modality_family
 
         self.config = config
         self.patch_size = (int(patch_size[0]), int(patch_size[1]), int(patch_size[2]))
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
-        self._p_intensity = [float(config.p_intensity.get(m, 0.0)) for m in MODALITIES]
+        # One probability per modality row of the model; a row without its own entry takes its
+        # family's (``mr`` for ``mr-t2``).
+        p = config.p_intensity
+        self._p_intensity = [
+            float(p.get(m, p.get(modality_family(m), 0.0))) for m in (modalities or MODALITIES)
+        ]
 
     @property
     def margin(self) -> int:

@@ -56,7 +56,7 @@ class Sample:
         image: (1, *patch) float32.
         targets: (T_k, *patch) uint8 in {0, 1}, one channel per task of the dataset.
         task_idx: (T_k,) int64, the tasks' indices in the model's task list.
-        modality: modality id (``tasks.modality_index``).
+        modality: modality id: the row of the model's modalities (``model.modalities``).
     """
 
     image: torch.Tensor
@@ -144,8 +144,9 @@ class MixedBatchSampler:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        modalities: Sequence[str] | None = None,
     ) -> None:
-        from hermes_model.tasks import modality_index
+        from hermes_model.tasks import MODALITIES
 
         if not datasets or any(not d.cases for d in datasets):
             raise ConfigError("every dataset given to the sampler needs at least one cached case")
@@ -178,7 +179,7 @@ class MixedBatchSampler:
         self.foreground_fraction = float(foreground_fraction)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.position = 0
-        self._modality = [modality_index(d.modality) for d in datasets]
+        self._modality = [_modality_row(d.modality, modalities or MODALITIES) for d in datasets]
         self._fingerprint = self._make_fingerprint(list(task_ids))
 
     def _make_fingerprint(self, task_ids: list[str]) -> str:
@@ -347,3 +348,15 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
     )
+
+
+def _modality_row(modality: str, rows: Sequence[str]) -> int:
+    """The row of ``modality`` among a model's modality rows; an MR sequence the model lacks
+    uses its generic ``mr`` row (weights saved with the rows ``ct``, ``mr``)."""
+    from hermes_model.tasks import modality_family
+
+    if modality in rows:
+        return list(rows).index(modality)
+    if modality_family(modality) == "mr" and "mr" in rows:
+        return list(rows).index("mr")
+    raise ConfigError(f"modality {modality!r} is not among the model's rows {list(rows)}")

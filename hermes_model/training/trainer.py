@@ -234,11 +234,12 @@ class Trainer:
             )
         self.local_batch = r.train.batch_size // ctx.world_size
         seed = int(np.random.SeedSequence([r.seed, ctx.rank, 7]).generate_state(1)[0])
-        self.augmenter = Augmenter(r.augment, r.preprocess.patch_size, seed, self.device)
+        rows = self.model.modalities
+        self.augmenter = Augmenter(r.augment, r.preprocess.patch_size, seed, self.device, rows)
         self.sampler = MixedBatchSampler(
             self.data.train, self.model.task_ids, self.augmenter.input_size,
             weights=[e.weight for e in r.datasets], foreground_fraction=r.train.foreground_fraction,
-            seed=r.seed, rank=ctx.rank, world_size=ctx.world_size,
+            seed=r.seed, rank=ctx.rank, world_size=ctx.world_size, modalities=rows,
         )  # fmt: skip
         self.window = WindowSettings(
             patch_size=r.preprocess.patch_size,
