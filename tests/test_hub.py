@@ -446,7 +446,8 @@ def test_cli_list_download_path_verify(
     result = runner.invoke(app, ["weights", "list"])
     assert result.exit_code == 0, result.output
     assert "1 weights" in result.stdout
-    assert ["tiny", "huggingface", "2", "CC0-1.0", "no", "default"] in rows(result.stdout)
+    row = ["tiny", "huggingface", "2", "CC0-1.0", "no", "env", "default"]
+    assert row in rows(result.stdout)
 
     result = runner.invoke(app, ["weights", "path", "tiny"])
     assert result.exit_code == 5
@@ -462,7 +463,8 @@ def test_cli_list_download_path_verify(
     assert result.stdout.strip() == str(path)
 
     result = runner.invoke(app, ["weights", "list"])
-    assert ["tiny", "huggingface", "2", "CC0-1.0", "yes", "default"] in rows(result.stdout)
+    row = ["tiny", "huggingface", "2", "CC0-1.0", "yes", "env", "default"]
+    assert row in rows(result.stdout)
 
     result = runner.invoke(app, ["weights", "verify", "tiny"])
     assert result.exit_code == 0, result.output

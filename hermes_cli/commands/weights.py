@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -13,8 +14,9 @@ from hermes_model import hub
 from hermes_model.errors import WeightsError
 
 app = typer.Typer(
-    help="The weights registry (weights.toml, or $HERMES_WEIGHTS_TOML): list, download, verify "
-    "and locate checkpoints. Downloads go to the Hugging Face cache (HF_HOME).",
+    help="The weights registry (the packaged weights.toml or $HERMES_WEIGHTS_TOML, with your "
+    "personal weights.toml merged over it): list, download, verify and locate checkpoints; write "
+    "model cards and publish your own. Downloads go to the Hugging Face cache (HF_HOME).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -26,29 +28,32 @@ NameArgument = Annotated[
 
 @app.command("list")
 def list_command(debug: DebugOption = False) -> None:
-    """Show the registry: name, source, task count, licence, whether it is on this machine."""
+    """Show the registry: name, source, task count, licence, whether it is on this machine, and
+    where the entry comes from (packaged, personal, or HERMES_WEIGHTS_TOML)."""
     with handle_errors(debug):
         entries = hub.list_weights()
+        personal = hub.personal_registry_path()
+        base = "env: $HERMES_WEIGHTS_TOML" if os.environ.get(hub.REGISTRY_ENV) else "packaged"
         table = Table(
             title=f"{len(entries)} weights",
-            caption=f"registry: {hub.registry_path()}",
+            caption=f"{base}: {hub.registry_path()}\npersonal: {personal}"
+            + ("" if personal.is_file() else " (none yet)"),
             caption_justify="left",
             box=SIMPLE_HEAD,
         )
-        for column in ("name", "source", "tasks", "licence", "cached", "default"):
+        for column in ("name", "source", "tasks", "licence", "cached", "from", "default"):
             table.add_column(
                 column, no_wrap=column != "licence", style="bold" if column == "name" else None
             )
         for entry in entries:
-            cached = "yes" if hub.local_copy(entry) is not None else "no"
-            default = "default" if entry.default else ""
             table.add_row(
                 entry.name,
                 entry.source,
                 str(len(entry.tasks)),
                 entry.licence or "-",
-                cached,
-                default,
+                "yes" if hub.local_copy(entry) is not None else "no",
+                "env" if entry.origin == hub.REGISTRY_ENV else entry.origin,
+                "default" if entry.default else "",
             )
         out.print(table)
 
