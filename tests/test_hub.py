@@ -446,7 +446,7 @@ def test_cli_list_download_path_verify(
     result = runner.invoke(app, ["weights", "list"])
     assert result.exit_code == 0, result.output
     assert "1 weights" in result.stdout
-    row = ["tiny", "huggingface", "2", "CC0-1.0", "no", "env", "default"]
+    row = ["tiny", "*", "huggingface", "2", "CC0-1.0", "no", "env"]
     assert row in rows(result.stdout)
 
     result = runner.invoke(app, ["weights", "path", "tiny"])
@@ -463,7 +463,7 @@ def test_cli_list_download_path_verify(
     assert result.stdout.strip() == str(path)
 
     result = runner.invoke(app, ["weights", "list"])
-    row = ["tiny", "huggingface", "2", "CC0-1.0", "yes", "env", "default"]
+    row = ["tiny", "*", "huggingface", "2", "CC0-1.0", "yes", "env"]
     assert row in rows(result.stdout)
 
     result = runner.invoke(app, ["weights", "verify", "tiny"])

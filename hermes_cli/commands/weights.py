@@ -28,32 +28,31 @@ NameArgument = Annotated[
 
 @app.command("list")
 def list_command(debug: DebugOption = False) -> None:
-    """Show the registry: name, source, task count, licence, whether it is on this machine, and
-    where the entry comes from (packaged, personal, or HERMES_WEIGHTS_TOML)."""
+    """Show the registry: name (* the default), source, task count, licence, whether it is on
+    this machine, and where it comes from (packaged, personal, env = $HERMES_WEIGHTS_TOML)."""
     with handle_errors(debug):
         entries = hub.list_weights()
         personal = hub.personal_registry_path()
         base = "env: $HERMES_WEIGHTS_TOML" if os.environ.get(hub.REGISTRY_ENV) else "packaged"
         table = Table(
             title=f"{len(entries)} weights",
-            caption=f"{base}: {hub.registry_path()}\npersonal: {personal}"
-            + ("" if personal.is_file() else " (none yet)"),
+            caption=f"* the default (used without --weights)\n{base}: {hub.registry_path()}\n"
+            f"personal: {personal}" + ("" if personal.is_file() else " (none yet)"),
             caption_justify="left",
             box=SIMPLE_HEAD,
         )
-        for column in ("name", "source", "tasks", "licence", "cached", "from", "default"):
+        for column in ("name", "source", "tasks", "licence", "cached", "from"):
             table.add_column(
                 column, no_wrap=column != "licence", style="bold" if column == "name" else None
             )
         for entry in entries:
             table.add_row(
-                entry.name,
+                entry.name + (" *" if entry.default else ""),
                 entry.source,
                 str(len(entry.tasks)),
                 entry.licence or "-",
                 "yes" if hub.local_copy(entry) is not None else "no",
                 "env" if entry.origin == hub.REGISTRY_ENV else entry.origin,
-                "default" if entry.default else "",
             )
         out.print(table)
 
