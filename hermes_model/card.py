@@ -250,8 +250,11 @@ def _evaluation_section(meta: dict[str, Any], report: dict[str, Any] | None) -> 
         ]
         tol = _plain(report.get("tolerance_mm")) or "?"
         columns = ["task", "cases", "Dice", f"surface Dice ({tol} mm)", "HD95 mm (finite)"]
+        source = report.get("source")
+        if isinstance(source, dict):
+            source = ", ".join(f"{k} {_plain(v)}" for k, v in source.items() if v)
         parts.append(
-            f"`hermes evaluate` on {_text(report.get('source')) or 'an evaluation set'}: mean "
+            f"`hermes evaluate` on {_text(source) or 'an evaluation set'}: mean "
             f"Dice {_number(report.get('mean_dice'))} over {len(rows)} tasks.\n\n"
             + _markdown(columns, rows)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -105,3 +106,112 @@ def path_command(
     """Print the local file of downloaded (or packaged) registry weights."""
     with handle_errors(debug):
         typer.echo(str(hub.weights_path(name)))
+
+
+CheckpointArgument = Annotated[
+    Path,
+    typer.Argument(
+        help="A Hermes .safetensors checkpoint (hermes train writes runs/NAME/best.safetensors).",
+        dir_okay=False,
+    ),
+]
+EvalOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--eval",
+        help="A 'hermes evaluate --json' report of these weights: its per-task Dice, surface "
+        "Dice and HD95 go into the card. Default: none (the card shows only the validation "
+        "scores recorded in the checkpoint).",
+        dir_okay=False,
+    ),
+]
+
+
+@app.command("card")
+def card_command(
+    checkpoint: CheckpointArgument,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Write the card here (e.g. README.md). Default: print it to stdout.",
+            dir_okay=False,
+        ),
+    ] = None,
+    evaluation: EvalOption = None,
+    repo: Annotated[
+        str | None,
+        typer.Option(help="ORG/NAME the card's usage lines point at. Default: ORG/REPO."),
+    ] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Write a Hugging Face model card from the checkpoint's own metadata: licence and tags,
+    task table, architecture, preprocessing, training provenance, evaluation, usage."""
+    from hermes_model.card import model_card, write_card
+
+    with handle_errors(debug):
+        if output is None:
+            typer.echo(model_card(checkpoint, evaluation=evaluation, repo_id=repo), nl=False)
+            return
+        write_card(checkpoint, output, evaluation=evaluation, repo_id=repo)
+        err.print(f"wrote {output}", highlight=False)
+
+
+RepoOption = Annotated[
+    str, typer.Option(help="Hugging Face model repository ORG/NAME; created if it does not exist.")
+]
+PrivateOption = Annotated[
+    bool,
+    typer.Option(
+        "--private",
+        help="Create the repository private (default: public). An existing repository keeps its "
+        "visibility.",
+    ),
+]
+NameOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Also record the entry under this name in your personal registry, so that "
+        "'--weights NAME' works. Default: not recorded (the table is only printed).",
+    ),
+]
+ReplaceOption = Annotated[
+    bool,
+    typer.Option(
+        "--replace",
+        help="Let --name overwrite a personal entry or shadow a packaged one (default: a taken "
+        "name is refused before anything is uploaded).",
+    ),
+]
+FilenameOption = Annotated[
+    str | None,
+    typer.Option(help="Path of the file in the repository. Default: <repo name>.safetensors."),
+]
+
+
+@app.command("publish")
+def publish_command(
+    checkpoint: CheckpointArgument,
+    repo: RepoOption,
+    private: PrivateOption = False,
+    evaluation: EvalOption = None,
+    name: NameOption = None,
+    replace: ReplaceOption = False,
+    filename: FilenameOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Upload a checkpoint and its model card to the Hugging Face Hub in one commit, and print
+    the pinned \\[weights.NAME] table (commit, sha256, tasks, licence). The token comes from
+    HF_TOKEN or 'hf auth login'; a failure half-way publishes nothing."""
+    from hermes_model.publish import publish
+
+    with handle_errors(debug):
+        done = publish(
+            checkpoint, repo, private=private, evaluation=evaluation, name=name,
+            replace=replace, filename=filename,
+        )  # fmt: skip
+        err.print(f"published {done.uri}\n{done.commit_url}", highlight=False, soft_wrap=True)
+        if done.registry is not None:
+            err.print(f"recorded as '{done.name}' in {done.registry}", highlight=False)
+        typer.echo(done.toml(), nl=False)
