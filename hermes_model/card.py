@@ -329,14 +329,17 @@ def _tensor_summary(path: Path) -> tuple[int, str]:
 
 
 def _groups(meta: dict[str, Any], task_ids: Iterable[str]) -> dict[str, str]:
+    """Task id -> its groups, comma-separated (AMOS tasks are in both the CT and MR group)."""
     groups = meta.get("task_groups")
     if not isinstance(groups, dict):
         from hermes_model.weights import default_groups
 
         groups = default_groups(list(task_ids))
-    return {
-        t: str(g) for g, members in groups.items() if isinstance(members, list) for t in members
-    }
+    found: dict[str, list[str]] = {}
+    for group, members in groups.items():
+        for task in members if isinstance(members, list) else []:
+            found.setdefault(str(task), []).append(str(group))
+    return {task: ", ".join(names) for task, names in found.items()}
 
 
 def _dataset_modalities(meta: dict[str, Any]) -> dict[str, str]:

@@ -178,7 +178,7 @@ def _commit(
             raise WeightsError(
                 f"{repo_id}: the token of '{user}' cannot write there ({status} while {step}); "
                 f"publish as --repo {user}/{repo_id.split('/')[1]} or in an organisation where "
-                "you have write access, or use a token with write access"
+                "you have write access, or use a token with write access; nothing was published"
             ) from error
         raise WeightsError(_failure(repo_id, step, error, api, head)) from error
     except failures as error:
@@ -217,30 +217,42 @@ def _whoami(api: Any, repo_id: str) -> str:
 
 
 def _failure(repo_id: str, step: str, error: BaseException, api: Any, head: str | None) -> str:
-    """The one-line message of a failure while talking to the Hub, saying what was published."""
+    """The one-line message of a failure while talking to the Hub, saying what was published.
+
+    An error answer from the Hub means the commit was refused. Without an answer (network), the
+    repository's head tells: unchanged means nothing was published.
+    """
     from huggingface_hub.utils import HfHubHTTPError
 
     cause = _first_line(error)
     if isinstance(error, RuntimeError) and error.__cause__ is not None:
         cause = f"{cause} {_first_line(error.__cause__)}"
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    retry = "run the same command again (files already uploaded are not sent twice)"
     if head is None:
         state = "nothing was uploaded"
+    elif status in (409, 412):
+        return (
+            f"{repo_id}: another commit reached the repository while publishing ({cause}); "
+            f"nothing was published; {retry} to publish on top of it"
+        )
+    elif isinstance(error, HfHubHTTPError):
+        state = (
+            f"the Hub refused the commit, so nothing was published ({repo_id} is at {head[:12]})"
+        )
     else:
         failures: tuple[type[Exception], ...] = (HfHubHTTPError, *_network_errors())
         try:
             now = api.repo_info(repo_id, repo_type="model").sha
-        except failures:  # unreachable: say that we cannot tell
+        except failures:  # still unreachable: say that we cannot tell
             now = None
         if now == head:
             state = f"nothing was published ({repo_id} is still at {head[:12]})"
         elif now is None:
             state = (
-                "a commit is applied whole or not at all: check the repository's history before "
-                "retrying"
+                f"the Hub applies a commit whole or not at all; look at {repo_id}'s history "
+                "before retrying"
             )
         else:
-            state = f"{repo_id} moved from {head[:12]} to {now[:12]}: check that commit"
-    return (
-        f"{repo_id}: publishing failed while {step} ({cause}); {state}; run the same command "
-        "again when the connection is back (uploaded files are not sent twice)"
-    )
+            state = f"{repo_id} moved from {head[:12]} to {now[:12]}: check whether that is yours"
+    return f"{repo_id}: publishing failed while {step} ({cause}); {state}; {retry}"

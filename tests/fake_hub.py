@@ -210,8 +210,9 @@ def _handler(fake: FakeHub) -> type[BaseHTTPRequestHandler]:
             if not fake.can_write(user, repo_id):
                 message = f'You don\'t have the rights to create a model under "{repo_id}"'
                 return self.error(403, "Forbidden", message)
-            if repo_id in fake.repos:
-                return self.error(409, "Conflict", "You already created this model repo")
+            if repo_id in fake.repos:  # the Hub's 409 carries the url, which create_repo reads
+                doc = {"error": "You already created this model repo", "url": f"/{repo_id}"}
+                return self.json(doc, status=409)
             fake.add_repo(repo_id, private=payload.get("visibility") == "private")
             self.json({"url": f"{fake.endpoint}/{repo_id}", "name": repo_id})
 
