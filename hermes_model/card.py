@@ -250,11 +250,8 @@ def _evaluation_section(meta: dict[str, Any], report: dict[str, Any] | None) -> 
         ]
         tol = _plain(report.get("tolerance_mm")) or "?"
         columns = ["task", "cases", "Dice", f"surface Dice ({tol} mm)", "HD95 mm (finite)"]
-        source = report.get("source")
-        if isinstance(source, dict):
-            source = ", ".join(f"{k} {_plain(v)}" for k, v in source.items() if v)
         parts.append(
-            f"`hermes evaluate` on {_text(source) or 'an evaluation set'}: mean "
+            f"`hermes evaluate` on {_eval_source(report)}: mean "
             f"Dice {_number(report.get('mean_dice'))} over {len(rows)} tasks.\n\n"
             + _markdown(columns, rows)
         )
@@ -268,6 +265,23 @@ def _evaluation_section(meta: dict[str, Any], report: dict[str, Any] | None) -> 
             "training recipe's validation split:\n\n" + _markdown(["task", "Dice"], rows)
         )
     return "## Evaluation\n\n" + "\n".join(parts) if parts else ""
+
+
+def _eval_source(report: dict[str, Any]) -> str:
+    """What was evaluated, in words, without the evaluating machine's paths."""
+    source = _dict(report.get("source"))
+    cases = len({str(c.get("case")) for c in report.get("cases", []) if isinstance(c, dict)})
+    counted = f" ({cases} cases)" if cases else ""
+    if source.get("dataset"):
+        overlap = source.get("overlap")
+        window = f", sliding-window overlap {overlap}" if overlap is not None else ""
+        return (
+            f"the {_text(source.get('split')) or '?'} split of {source['dataset']}{counted}{window}"
+        )
+    if source.get("predictions"):
+        pred, gt = (Path(str(source.get(k, "?"))).name for k in ("predictions", "ground_truth"))
+        return f"predictions in {pred}/ against ground truth in {gt}/{counted}"
+    return f"an evaluation set{counted}"
 
 
 def _usage_section(facts: CardFacts, where: str) -> str:
@@ -304,6 +318,12 @@ def _read_evaluation(path: Path, facts: CardFacts) -> dict[str, Any]:
         raise InputError(
             f"{path}: not a 'hermes evaluate --json' report ({error}); {hint}"
         ) from error
+    weights = _dict(_dict(report.get("source")).get("weights"))
+    if weights.get("sha256") not in (None, facts.sha256):
+        raise InputError(
+            f"{path}: evaluates weights with sha256 {weights['sha256']}, not {facts.path.name} "
+            f"({facts.sha256}); pass the evaluation of these weights"
+        )
     foreign = [t for t in names if t not in facts.task_ids]
     if foreign:
         raise InputError(

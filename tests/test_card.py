@@ -47,6 +47,18 @@ def plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(create_model("tiny", tasks=TASKS), path)
 
 
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_bundled_model_card_with_its_test_evaluation() -> None:
+    path = hub.resolve_weights("hippocampus-hermes-r").path
+    report = json.loads((DOCS / "eval-hippocampus-test.json").read_text())
+    card = model_card(path, evaluation=DOCS / "eval-hippocampus-test.json")
+    assert "on the test split of hippocampus (52 cases), sliding-window overlap 0.5" in card
+    for task in report["tasks"]:
+        assert f"| `{task['task']}` | {task['cases']} | {task['dice_mean']:.3f} |" in card
+
+
 def test_bundled_model_card_matches_its_checkpoint(tmp_path: Path) -> None:
     entry = hub.load_registry()["hippocampus-hermes-r"]
     path = hub.resolve_weights(entry.name).path
@@ -106,7 +118,7 @@ def test_card_with_evaluation(plain: Path, tmp_path: Path) -> None:
     assert "mean Dice 0.650 over 2 tasks" in section
     assert "| `amos/liver` | 2 | 0.800 | 0.700 | 2.000 |" in section
     assert "| `amos/spleen` | 1 | 0.500 | 0.400 | 4.000 |" in section
-    assert "predictions preds/" in section
+    assert "predictions in preds/ against ground truth in gt/ (2 cases)" in section
 
 
 def test_bad_evaluations(plain: Path, tmp_path: Path) -> None:
@@ -114,6 +126,9 @@ def test_bad_evaluations(plain: Path, tmp_path: Path) -> None:
     path = foreign.write_json(tmp_path / "other.json")
     with pytest.raises(InputError, match=r"evaluates tasks \['lits/liver'\] that plain"):
         model_card(plain, evaluation=path)
+    other = EvalReport(rows=[], source={"weights": {"sha256": "0" * 64}, "dataset": "d"})
+    with pytest.raises(InputError, match="evaluates weights with sha256 0000"):
+        model_card(plain, evaluation=other.write_json(tmp_path / "w.json"))
     (tmp_path / "junk.json").write_text("[1, 2]")
     with pytest.raises(InputError, match="not a 'hermes evaluate --json' report"):
         model_card(plain, evaluation=tmp_path / "junk.json")
