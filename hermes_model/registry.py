@@ -151,6 +151,7 @@ def add_personal_entry(name: str, table: dict[str, Any], *, replace: bool = Fals
     from hermes_model.io import write_bytes_atomically
 
     path = personal_registry_path()
+    table = {k: list(v) if isinstance(v, tuple) else v for k, v in table.items()}
     _entry(path, name, table)
     current = load_registry()
     taken = current.get(name)
