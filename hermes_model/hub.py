@@ -1,4 +1,4 @@
-"""The weights registry (``weights.toml``) and downloads through ``huggingface_hub``.
+"""Weights by name, path or ``hf://`` URI, and downloads through ``huggingface_hub``.
 
 A weights *spec* is what ``--weights`` takes:
 
@@ -13,8 +13,9 @@ and HF_HUB_OFFLINE work as they do for every other Hugging Face tool. The sha256
 file is checked before anything loads it. Only ``.safetensors`` files are accepted: the loader
 never unpickles.
 
-The registry is ``hermes_model/weights.toml`` (its schema is in the file's header), or the file
-named by the environment variable ``HERMES_WEIGHTS_TOML``.
+The registry (:mod:`hermes_model.registry`, re-exported here) is the packaged
+``hermes_model/weights.toml`` or ``$HERMES_WEIGHTS_TOML``, with the personal ``weights.toml``
+(:func:`personal_registry_path`) merged over it.
 """
 
 from __future__ import annotations
@@ -29,18 +30,28 @@ from pathlib import Path
 from typing import Any
 
 from hermes_model.errors import WeightsError
+from hermes_model.registry import (
+    CONFIG_ENV,
+    REGISTRY_ENV,
+    SOURCES,
+    WeightsEntry,
+    add_personal_entry,
+    list_weights,
+    load_registry,
+    personal_registry_path,
+    registry_path,
+)
 from hermes_model.weights import sha256_file
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 needs the tomli backport
-    import tomli as tomllib
 
 __all__ = [
     "REGISTRY_ENV",
+    "CONFIG_ENV",
+    "SOURCES",
     "WeightsEntry",
     "ResolvedWeights",
     "registry_path",
+    "personal_registry_path",
+    "add_personal_entry",
     "load_registry",
     "list_weights",
     "resolve_weights",
@@ -53,21 +64,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable naming a registry file that replaces the packaged one.
-REGISTRY_ENV = "HERMES_WEIGHTS_TOML"
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-SOURCES = ("package", "huggingface")
 SUFFIX = ".safetensors"
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _HF_URI = re.compile(r"hf://(?P<repo>[^/@]+/[^/@]+)(?:@(?P<revision>[^/]*))?/(?P<filename>.+)")
-_FIELDS = {
-    "description", "source", "repo_id", "revision", "filename", "sha256", "tasks",
-    "modalities", "licence", "recipe", "data", "default",
-}  # fmt: skip
 _PIN_HINT = (
     "pin the commit: hf://ORG/REPO@<40-hex commit>/FILE.safetensors (the commit id is on the "
     "repository's 'Files and versions' page, or 'hf download ORG/REPO FILE' prints it)"
@@ -75,78 +76,18 @@ _PIN_HINT = (
 
 
 @dataclass(frozen=True)
-class WeightsEntry:
-    """One ``[weights.<name>]`` table of the registry (schema in ``weights.toml``)."""
-
-    name: str
-    description: str
-    source: str
-    filename: str
-    sha256: str
-    tasks: tuple[str, ...]
-    modalities: tuple[str, ...] = ()
-    repo_id: str | None = None
-    revision: str | None = None
-    licence: str = ""
-    recipe: str = ""
-    data: str = ""
-    default: bool = False
-
-
-@dataclass(frozen=True)
 class ResolvedWeights:
     """A checkpoint file on this machine whose sha256 has been checked or computed.
 
-    ``source`` is ``"package"``, ``"huggingface"`` or ``"local"``; ``name`` is the registry name,
-    the ``hf://`` URI, or a local file's stem.
+    ``source`` is ``"package"``, ``"huggingface"``, ``"file"`` (a registry entry naming a local
+    file) or ``"local"`` (a path given directly); ``name`` is the registry name, the ``hf://``
+    URI, or a local file's stem.
     """
 
     path: Path
     name: str
     sha256: str
     source: str
-
-
-def registry_path() -> Path:
-    """The registry in use: ``$HERMES_WEIGHTS_TOML`` if set, else the packaged ``weights.toml``."""
-    override = os.environ.get(REGISTRY_ENV)
-    return (
-        Path(override).expanduser()
-        if override
-        else Path(__file__).resolve().parent / "weights.toml"
-    )
-
-
-def load_registry(path: str | os.PathLike[str] | None = None) -> dict[str, WeightsEntry]:
-    """Read and validate a registry file (default :func:`registry_path`), in file order."""
-    source = Path(path) if path is not None else registry_path()
-    try:
-        data = tomllib.loads(source.read_text(encoding="utf-8"))
-    except OSError as error:
-        hint = f"fix {REGISTRY_ENV}" if os.environ.get(REGISTRY_ENV) else "reinstall hermes-seg"
-        raise WeightsError(
-            f"{source}: cannot read the weights registry ({error.strerror or error}); {hint}"
-        ) from error
-    except tomllib.TOMLDecodeError as error:
-        raise WeightsError(f"{source}: the weights registry is not valid TOML ({error})") from error
-    unknown = sorted(set(data) - {"weights"})
-    tables = data.get("weights", {})
-    if unknown or not isinstance(tables, dict):
-        raise WeightsError(
-            f"{source}: a registry holds only [weights.<name>] tables, found {unknown or 'weights'}"
-        )
-    entries = {name: _entry(source, name, table) for name, table in tables.items()}
-    defaults = [e.name for e in entries.values() if e.default]
-    if len(defaults) > 1:
-        raise WeightsError(
-            f"{source}: {defaults} are all marked default = true; keep it on one entry"
-        )
-    return entries
-
-
-def list_weights() -> list[WeightsEntry]:
-    """The registry's entries, in file order."""
-    return list(load_registry().values())
 
 
 def resolve_weights(spec: str | None = None, *, offline: bool | None = None) -> ResolvedWeights:
@@ -215,13 +156,17 @@ def verify(name_or_path: str) -> tuple[bool, str, str]:
 
 
 def local_copy(entry: WeightsEntry) -> Path | None:
-    """The entry's file on this machine (package file or cached download), or None. No network."""
+    """The entry's file on this machine (package file, registered file or cached download), or
+    None. No network."""
     if entry.source == "package":
         path = ASSETS_DIR / entry.filename
         return path if path.is_file() else None
+    if entry.source == "file":
+        assert entry.path is not None  # checked by the registry
+        return Path(entry.path) if Path(entry.path).is_file() else None
     from huggingface_hub import try_to_load_from_cache
 
-    assert entry.repo_id is not None and entry.revision is not None  # checked by _entry
+    assert entry.repo_id is not None and entry.revision is not None  # checked by the registry
     cached = try_to_load_from_cache(entry.repo_id, entry.filename, revision=entry.revision)
     return Path(cached) if isinstance(cached, str) else None
 
@@ -235,6 +180,11 @@ def weights_path(name: str) -> Path:
             raise WeightsError(
                 f"weights '{name}': the packaged file {ASSETS_DIR / entry.filename} is missing; "
                 "reinstall hermes-seg"
+            )
+        if entry.source == "file":
+            raise WeightsError(
+                f"weights '{name}': the file {entry.path} named in {entry.registry} is missing; "
+                f"put it back, or point [weights.{name}] path at its new place"
             )
         raise WeightsError(
             f"weights '{name}' are not downloaded yet; run 'hermes weights download {name}'"
@@ -283,20 +233,20 @@ def _resolve_local(path: Path) -> ResolvedWeights:
 
 
 def _resolve_entry(entry: WeightsEntry, *, offline: bool | None, force: bool) -> ResolvedWeights:
-    if entry.source == "package":
+    if entry.source in ("package", "file"):
         path = weights_path(entry.name)
     else:
-        assert entry.repo_id is not None and entry.revision is not None  # checked by _entry
+        assert entry.repo_id is not None and entry.revision is not None  # checked by registry
         path = _hf_download(
             entry.repo_id, entry.revision, entry.filename, entry.name, offline, force
         )
     actual = _sha256(path)
     if actual != entry.sha256:
-        fix = (
-            "reinstall hermes-seg"
-            if entry.source == "package"
-            else f"run 'hermes weights download {entry.name} --force'"
-        )
+        fix = {
+            "package": "reinstall hermes-seg",
+            "file": f"the file changed since it was registered in {entry.registry}: restore it, "
+            "or register the new file with its own sha256",
+        }.get(entry.source, f"run 'hermes weights download {entry.name} --force'")
         raise WeightsError(
             f"{path}: sha256 mismatch for weights '{entry.name}' (expected {entry.sha256}, "
             f"got {actual}); the file is corrupt or was replaced and is not loaded; {fix}, and "
@@ -410,60 +360,3 @@ def _env_true(name: str) -> bool:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__
-
-
-def _entry(source: Path, name: str, table: Any) -> WeightsEntry:
-    """Validate one registry table; every problem names the file, the entry and the field."""
-
-    def bad(problem: str) -> WeightsError:
-        return WeightsError(f"{source}: [weights.{name}] {problem}")
-
-    if not isinstance(table, dict):
-        raise bad("must be a table")
-    if not _NAME.fullmatch(name) or name.endswith(SUFFIX):
-        raise bad("has a bad name; use letters, digits, '.', '_' and '-'")
-    unknown = sorted(set(table) - _FIELDS)
-    if unknown:
-        raise bad(f"has unknown fields {unknown}; the schema is in the header of weights.toml")
-    missing = [
-        f for f in ("description", "source", "filename", "sha256", "tasks") if f not in table
-    ]
-    if missing:
-        raise bad(f"misses required fields {missing}")
-    text = {f: table.get(f, "") for f in _FIELDS - {"tasks", "modalities", "default"}}
-    lists = {f: table.get(f, []) for f in ("tasks", "modalities")}
-    if not all(isinstance(v, str) for v in text.values() if v is not None):
-        raise bad("text fields must be strings")
-    if not all(isinstance(v, list) and all(isinstance(s, str) for s in v) for v in lists.values()):
-        raise bad("tasks and modalities must be lists of strings")
-    if not lists["tasks"]:
-        raise bad("lists no tasks")
-    if table["source"] not in SOURCES:
-        raise bad(f"source {table['source']!r} is not one of {list(SOURCES)}")
-    if not _SHA256.fullmatch(table["sha256"]):
-        raise bad(f"sha256 {table['sha256']!r} is not 64 lowercase hex digits")
-    filename = table["filename"]
-    if not filename.endswith(SUFFIX) or filename.startswith("/") or ".." in filename.split("/"):
-        raise bad(f"filename {filename!r} must be a relative path to a {SUFFIX} file")
-    if table["source"] == "huggingface":
-        if not _REPO_ID.fullmatch(table.get("repo_id", "")):
-            raise bad(f"repo_id {table.get('repo_id')!r} is not 'org/name'")
-        if not _COMMIT.fullmatch(table.get("revision", "")):
-            raise bad(f"revision {table.get('revision')!r} is not a pinned 40-hex commit")
-    if not isinstance(table.get("default", False), bool):
-        raise bad("default must be true or false")
-    return WeightsEntry(
-        name=name,
-        description=table["description"],
-        source=table["source"],
-        filename=filename,
-        sha256=table["sha256"],
-        tasks=tuple(lists["tasks"]),
-        modalities=tuple(lists["modalities"]),
-        repo_id=table.get("repo_id"),
-        revision=table.get("revision"),
-        licence=table.get("licence", ""),
-        recipe=table.get("recipe", ""),
-        data=table.get("data", ""),
-        default=table.get("default", False),
-    )

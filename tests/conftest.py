@@ -55,6 +55,16 @@ AFFINES: dict[str, np.ndarray] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def personal_registry(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """An empty config folder per test: a developer's personal weights.toml never leaks in."""
+    folder = tmp_path_factory.mktemp("config")
+    monkeypatch.setenv("HERMES_CONFIG_DIR", str(folder))
+    return folder / "weights.toml"
+
+
 @pytest.fixture(params=sorted(AFFINES))
 def affine_name(request: pytest.FixtureRequest) -> str:
     """Each named affine in turn."""

@@ -1,30 +1,16 @@
-"""Weights registry and downloads, against a local server that answers like the Hugging Face Hub.
-
-``FakeHub`` serves ``{endpoint}/{org}/{repo}/resolve/{commit}/{filename}`` the way the Hub serves
-an LFS file: HEAD and GET answer ``302`` with ``X-Repo-Commit``, ``X-Linked-Etag`` (the file's
-sha256) and ``X-Linked-Size``, redirecting to a "CDN" URL on another host name (``localhost``
-instead of ``127.0.0.1``), which serves the bytes with ``Content-Length``. It sends no ``X-Xet-*``
-headers, so ``huggingface_hub`` downloads over plain HTTP even with ``hf_xet`` installed. Unknown
-repos, revisions and files get the Hub's ``X-Error-Code`` answers.
-
-``huggingface_hub.constants`` reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE when it is imported,
-so the ``fake_hub`` fixture sets the environment variables (for code that reads them later) and
-monkeypatches ``constants.ENDPOINT``, ``HUGGINGFACE_CO_URL_TEMPLATE``, ``HF_HUB_CACHE``,
-``HF_HUB_OFFLINE`` and ``HF_TOKEN_PATH`` in this process (faster than a subprocess per test, which
-would import torch each time). Written against huggingface_hub 2.4.
-"""
+"""Weights registry and downloads, against a local server that answers like the Hugging Face Hub
+(``fake_hub.FakeHub``; its docstring says what it serves and how huggingface_hub is pointed at it).
+Written against huggingface_hub 2.4."""
 
 from __future__ import annotations
 
 import hashlib
-import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
+from fake_hub import COMMIT, FakeHub, point_huggingface_hub_at
 from huggingface_hub import constants
 from typer.testing import CliRunner
 
@@ -34,87 +20,9 @@ from hermes_model import create_model, hub, save_checkpoint
 from hermes_model.errors import WeightsError
 
 TASKS = ["hippocampus/anterior", "hippocampus/posterior"]
-COMMIT = "4c3d2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a"
 REPO = "hermes-test/tiny"
 FILENAME = "weights/tiny.safetensors"
 runner = CliRunner()
-
-
-class FakeHub:
-    """A thread serving files of model repos at one commit; records every request."""
-
-    def __init__(self) -> None:
-        self.files: dict[tuple[str, str], bytes] = {}
-        #: Bytes the CDN serves instead of ``files`` (corruption after the Hub's metadata).
-        self.corrupt: dict[tuple[str, str], bytes] = {}
-        self.requests: list[tuple[str, str]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.port = self.server.server_address[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _handler(fake: FakeHub) -> type[BaseHTTPRequestHandler]:
-    resolve = re.compile(r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_HEAD(self) -> None:
-            self.answer(body=False)
-
-        def do_GET(self) -> None:
-            self.answer(body=True)
-
-        def answer(self, body: bool) -> None:
-            fake.requests.append((self.command, self.path))
-            if self.path.startswith("/cdn/"):
-                _, repo_dir, name = self.path.rsplit("/", 2)
-                key = (repo_dir.replace("--", "/"), name.replace("--", "/"))
-                data = fake.corrupt.get(key, fake.files[key])
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(data)
-                return
-            match = resolve.fullmatch(self.path)
-            repos = {repo for repo, _ in fake.files}
-            if match is None or match["repo"] not in repos:
-                return self.error(401, "RepoNotFound")
-            if match["rev"] != COMMIT:
-                return self.error(404, "RevisionNotFound")
-            data = fake.files.get((match["repo"], match["file"]))
-            if data is None:
-                return self.error(404, "EntryNotFound")
-            # Like the Hub for an LFS file: the metadata rides on a redirect to a CDN host.
-            cdn = f"http://localhost:{fake.port}/cdn/{match['repo'].replace('/', '--')}/"
-            self.send_response(302)
-            self.send_header("Location", cdn + match["file"].replace("/", "--"))
-            self.send_header("X-Repo-Commit", COMMIT)
-            self.send_header("ETag", '"0123456789abcdef0123456789abcdef01234567"')
-            self.send_header("X-Linked-Etag", f'"{hashlib.sha256(data).hexdigest()}"')
-            self.send_header("X-Linked-Size", str(len(data)))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def error(self, status: int, code: str) -> None:
-            self.send_response(status)
-            self.send_header("X-Error-Code", code)
-            self.send_header("X-Error-Message", f"{code} (fake hub)")
-            self.send_header("X-Repo-Commit", COMMIT)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass  # keep pytest output clean; requests are recorded in fake.requests
-
-    return Handler
 
 
 @pytest.fixture(scope="module")
@@ -133,18 +41,7 @@ def fake_hub(
     """A FakeHub serving ``checkpoint`` as REPO/FILENAME; huggingface_hub pointed at it."""
     fake = FakeHub()
     fake.files[(REPO, FILENAME)] = checkpoint
-    home = tmp_path / "hf"
-    monkeypatch.setenv("HF_ENDPOINT", fake.endpoint)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "ENDPOINT", fake.endpoint)
-    template = fake.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    # Never send a developer's real Hugging Face token to the test server.
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    point_huggingface_hub_at(fake, tmp_path / "hf", monkeypatch)
     yield fake
     fake.close()
 
@@ -207,7 +104,10 @@ def test_default_entry_downloads_verifies_and_loads(
     assert resolved.path.read_bytes() == checkpoint
     assert resolved.path.is_relative_to(constants.HF_HUB_CACHE)
     assert ("HEAD", f"/{REPO}/resolve/{COMMIT}/{FILENAME}") in fake_hub.requests
-    assert ("GET", "/cdn/hermes-test--tiny/weights--tiny.safetensors") in fake_hub.requests
+    assert (
+        "GET",
+        f"/cdn/{COMMIT}/hermes-test--tiny/weights--tiny.safetensors",
+    ) in fake_hub.requests
     model = hub.load_weights("tiny")
     assert model.task_ids == TASKS and model.metadata["licence"] == "CC0-1.0"
     assert hub.verify("tiny") == (True, resolved.sha256, resolved.sha256)
@@ -446,7 +346,8 @@ def test_cli_list_download_path_verify(
     result = runner.invoke(app, ["weights", "list"])
     assert result.exit_code == 0, result.output
     assert "1 weights" in result.stdout
-    assert ["tiny", "huggingface", "2", "CC0-1.0", "no", "default"] in rows(result.stdout)
+    row = ["tiny", "*", "huggingface", "2", "CC0-1.0", "no", "env"]
+    assert row in rows(result.stdout)
 
     result = runner.invoke(app, ["weights", "path", "tiny"])
     assert result.exit_code == 5
@@ -462,7 +363,8 @@ def test_cli_list_download_path_verify(
     assert result.stdout.strip() == str(path)
 
     result = runner.invoke(app, ["weights", "list"])
-    assert ["tiny", "huggingface", "2", "CC0-1.0", "yes", "default"] in rows(result.stdout)
+    row = ["tiny", "*", "huggingface", "2", "CC0-1.0", "yes", "env"]
+    assert row in rows(result.stdout)
 
     result = runner.invoke(app, ["weights", "verify", "tiny"])
     assert result.exit_code == 0, result.output

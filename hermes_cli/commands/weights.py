@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,8 +15,9 @@ from hermes_model import hub
 from hermes_model.errors import WeightsError
 
 app = typer.Typer(
-    help="The weights registry (weights.toml, or $HERMES_WEIGHTS_TOML): list, download, verify "
-    "and locate checkpoints. Downloads go to the Hugging Face cache (HF_HOME).",
+    help="The weights registry (the packaged weights.toml or $HERMES_WEIGHTS_TOML, with your "
+    "personal weights.toml merged over it): list, download, verify and locate checkpoints; write "
+    "model cards and publish your own. Downloads go to the Hugging Face cache (HF_HOME).",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -26,29 +29,31 @@ NameArgument = Annotated[
 
 @app.command("list")
 def list_command(debug: DebugOption = False) -> None:
-    """Show the registry: name, source, task count, licence, whether it is on this machine."""
+    """Show the registry: name (* the default), source, task count, licence, whether it is on
+    this machine, and where it comes from (packaged, personal, env = $HERMES_WEIGHTS_TOML)."""
     with handle_errors(debug):
         entries = hub.list_weights()
+        personal = hub.personal_registry_path()
+        base = "env: $HERMES_WEIGHTS_TOML" if os.environ.get(hub.REGISTRY_ENV) else "packaged"
         table = Table(
             title=f"{len(entries)} weights",
-            caption=f"registry: {hub.registry_path()}",
+            caption=f"* the default (used without --weights)\n{base}: {hub.registry_path()}\n"
+            f"personal: {personal}" + ("" if personal.is_file() else " (none yet)"),
             caption_justify="left",
             box=SIMPLE_HEAD,
         )
-        for column in ("name", "source", "tasks", "licence", "cached", "default"):
+        for column in ("name", "source", "tasks", "licence", "cached", "from"):
             table.add_column(
                 column, no_wrap=column != "licence", style="bold" if column == "name" else None
             )
         for entry in entries:
-            cached = "yes" if hub.local_copy(entry) is not None else "no"
-            default = "default" if entry.default else ""
             table.add_row(
-                entry.name,
+                entry.name + (" *" if entry.default else ""),
                 entry.source,
                 str(len(entry.tasks)),
                 entry.licence or "-",
-                cached,
-                default,
+                "yes" if hub.local_copy(entry) is not None else "no",
+                "env" if entry.origin == hub.REGISTRY_ENV else entry.origin,
             )
         out.print(table)
 
@@ -101,3 +106,112 @@ def path_command(
     """Print the local file of downloaded (or packaged) registry weights."""
     with handle_errors(debug):
         typer.echo(str(hub.weights_path(name)))
+
+
+CheckpointArgument = Annotated[
+    Path,
+    typer.Argument(
+        help="A Hermes .safetensors checkpoint (hermes train writes runs/NAME/best.safetensors).",
+        dir_okay=False,
+    ),
+]
+EvalOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--eval",
+        help="A 'hermes evaluate --json' report of these weights: its per-task Dice, surface "
+        "Dice and HD95 go into the card. Default: none (the card shows only the validation "
+        "scores recorded in the checkpoint).",
+        dir_okay=False,
+    ),
+]
+
+
+@app.command("card")
+def card_command(
+    checkpoint: CheckpointArgument,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Write the card here (e.g. README.md). Default: print it to stdout.",
+            dir_okay=False,
+        ),
+    ] = None,
+    evaluation: EvalOption = None,
+    repo: Annotated[
+        str | None,
+        typer.Option(help="ORG/NAME the card's usage lines point at. Default: ORG/REPO."),
+    ] = None,
+    debug: DebugOption = False,
+) -> None:
+    """Write a Hugging Face model card from the checkpoint's own metadata: licence and tags,
+    task table, architecture, preprocessing, training provenance, evaluation, usage."""
+    from hermes_model.card import model_card, write_card
+
+    with handle_errors(debug):
+        if output is None:
+            typer.echo(model_card(checkpoint, evaluation=evaluation, repo_id=repo), nl=False)
+            return
+        write_card(checkpoint, output, evaluation=evaluation, repo_id=repo)
+        err.print(f"wrote {output}", highlight=False)
+
+
+RepoOption = Annotated[
+    str, typer.Option(help="Hugging Face model repository ORG/NAME; created if it does not exist.")
+]
+PrivateOption = Annotated[
+    bool,
+    typer.Option(
+        "--private",
+        help="Create the repository private (default: public). An existing repository keeps its "
+        "visibility.",
+    ),
+]
+NameOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Also record the entry under this name in your personal registry, so that "
+        "'--weights NAME' works. Default: not recorded (the table is only printed).",
+    ),
+]
+ReplaceOption = Annotated[
+    bool,
+    typer.Option(
+        "--replace",
+        help="Let --name overwrite a personal entry or shadow a packaged one (default: a taken "
+        "name is refused before anything is uploaded).",
+    ),
+]
+FilenameOption = Annotated[
+    str | None,
+    typer.Option(help="Path of the file in the repository. Default: <repo name>.safetensors."),
+]
+
+
+@app.command("publish")
+def publish_command(
+    checkpoint: CheckpointArgument,
+    repo: RepoOption,
+    private: PrivateOption = False,
+    evaluation: EvalOption = None,
+    name: NameOption = None,
+    replace: ReplaceOption = False,
+    filename: FilenameOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Upload a checkpoint and its model card to the Hugging Face Hub in one commit, and print
+    the pinned \\[weights.NAME] table (commit, sha256, tasks, licence). The token comes from
+    HF_TOKEN or 'hf auth login'; a failure half-way publishes nothing."""
+    from hermes_model.publish import publish
+
+    with handle_errors(debug):
+        done = publish(
+            checkpoint, repo, private=private, evaluation=evaluation, name=name,
+            replace=replace, filename=filename,
+        )  # fmt: skip
+        err.print(f"published {done.uri}\n{done.commit_url}", highlight=False, soft_wrap=True)
+        if done.registry is not None:
+            err.print(f"recorded as '{done.name}' in {done.registry}", highlight=False)
+        typer.echo(done.toml(), nl=False)
