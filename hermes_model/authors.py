@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ __all__ = [
     "read_authors_state_dict",
     "convert_state_dict",
     "import_authors_checkpoint",
+    "register",
 ]
 
 AUTHORS_REPO = "yhygao/universal-medical-image-segmentation"
@@ -139,18 +139,30 @@ def read_authors_state_dict(
     path = Path(path)
     if not path.is_file():
         raise _fail(path, "no such file", "give the path of the authors' .pth checkpoint")
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise _fail(
+            path,
+            "not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)",
+            "give the authors' .pth file (their released Hermes-R weights or a train.py "
+            "checkpoint)",
+        )
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0][:160]
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        why = next((line for line in lines if "Unsupported" in line), lines[0] if lines else "")
         raise _fail(
             path,
             f"torch.load(weights_only=True) refused it: it holds Python objects other than "
-            f"tensors ({first})",
+            f"tensors ({why[:160]})",
             "re-save it from their code as torch.save(model.state_dict(), 'plain.pth'); Hermes "
             "never unpickles arbitrary objects",
         ) from error
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+    # The weights-only unpickler meets damaged bytes with whatever error its stack machine hits
+    # (IndexError, KeyError, ...): any of them means the same to the user.
+    except Exception as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise _fail(
             path,
@@ -327,6 +339,7 @@ def import_authors_checkpoint(
     """Convert the authors' checkpoint at ``source`` to a Hermes checkpoint at ``output``.
 
     Nothing is written unless the whole conversion succeeds (the write itself is atomic).
+    ``name`` goes into the metadata; :func:`register` records the file in the personal registry.
     """
     from hermes_model.weights import save_checkpoint, sha256_file
 
@@ -362,7 +375,7 @@ def import_authors_checkpoint(
             f"11 datasets, width {model.config.base_channels}; converted from {source.name}"
         ),
     )
-    return ImportResult(
+    result = ImportResult(
         path=path,
         sha256=sha256_file(path),
         weights=taken,
@@ -370,3 +383,26 @@ def import_authors_checkpoint(
         parameters=parameters,
         dropped=tuple(dropped),
     )
+    return result
+
+
+def register(result: ImportResult, name: str, *, replace: bool = False) -> Path:
+    """Record an imported checkpoint as ``name`` in the personal registry (``source = "file"``,
+    with its sha256, so ``--weights NAME`` checks the file before loading it)."""
+    from hermes_model.registry import add_personal_entry
+
+    table = {
+        "description": (
+            f"The authors' Hermes-R ({len(AUTHORS_TASK_ROWS)} tasks, width "
+            f"{result.base_channels}), imported with 'hermes weights import'"
+        ),
+        "source": "file",
+        "path": str(result.path.resolve()),
+        "sha256": result.sha256,
+        "tasks": list(AUTHORS_TASK_ROWS),
+        "modalities": list(registry.MODALITIES),
+        "licence": LICENCE,
+        "data": "the authors' 11 datasets (their README): LiTS, KiTS, AMOS CT/MR, BCV, StructSeg "
+        "thoracic and head-and-neck, CHAOS, M&Ms, brain structures, autoPET",
+    }
+    return add_personal_entry(name, table, replace=replace)

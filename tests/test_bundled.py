@@ -99,3 +99,24 @@ def test_same_masks_for_rescaled_intensities(segmenter: Segmenter) -> None:
     reference = segmenter.segment((array, meta)).labels()
     rescaled = segmenter.segment((array.astype(np.float32) * 3.7 + 120.0, meta)).labels()
     assert np.mean(rescaled == reference) > 0.999
+
+
+#: sha256 of the label maps (uint8, C order) that hippocampus-hermes-r gave on examples/ in fp32
+#: before the paper-parity network change: checkpoints saved earlier must compute what they did.
+LABEL_MAP_SHA256 = {
+    "hippocampus_001": "1108675e479d9945b8ac3b22b72cb3e8d5ff2a83b7f3f2b1f778f1f0917047b5",
+    "hippocampus_003": "d0a05d868dcb1910b75f2d3cdf96349551a0b3b202d814401dbca8d5310ab364",
+    "hippocampus_026": "9bd11f36dc684b9378ee6d1c2089a40689e7ff655f6868ce92e256e43ece2752",
+}
+
+
+def test_hippocampus_weights_give_the_same_masks_as_before_parity() -> None:
+    import hashlib
+
+    segmenter = Segmenter(NAME, device="cpu", precision="fp32")
+    assert segmenter.model.config.fusion_order == "parallel"  # recorded by LEGACY_DEFAULTS
+    assert not segmenter.model.config.null_token
+    for case, expected in LABEL_MAP_SHA256.items():
+        result = segmenter.segment(EXAMPLES / f"{case}.nii.gz", probabilities=False)
+        labels = np.ascontiguousarray(result.labels().astype(np.uint8))
+        assert hashlib.sha256(labels.tobytes()).hexdigest() == expected, case

@@ -11,6 +11,7 @@ from rich.box import SIMPLE_HEAD
 from rich.table import Table
 
 from hermes_cli._common import DebugOption, err, fail, handle_errors, out
+from hermes_cli.commands import weights_import
 from hermes_model import hub
 from hermes_model.errors import WeightsError
 
@@ -215,3 +216,7 @@ def publish_command(
         if done.registry is not None:
             err.print(f"recorded as '{done.name}' in {done.registry}", highlight=False)
         typer.echo(done.toml(), nl=False)
+
+
+# The authors' checkpoints (paper parity): its own module, registered here.
+app.command("import")(weights_import.import_command)
