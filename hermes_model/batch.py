@@ -75,6 +75,7 @@ class BatchOptions:
         stats: CSV file of volumes per task per case.
         skip_existing: skip cases whose JSON legend exists (finished earlier).
         shard: ``(index, count)``, 0-based index: process every count-th case from index.
+        norm_region: z-score region override (``volume``/``body``); None: the weights' own.
     """
 
     output_dir: Path
@@ -92,6 +93,7 @@ class BatchOptions:
     stats: Path | None = None
     skip_existing: bool = False
     shard: tuple[int, int] | None = None
+    norm_region: str | None = None
 
 
 @dataclass
@@ -342,7 +344,7 @@ def segment_files(
     if segmenter is None:
         segmenter = Segmenter(
             options.weights, options.device, options.overlap, options.batch_size, options.tta,
-            options.precision,
+            options.precision, options.norm_region,
         )  # fmt: skip
     if options.tasks:
         segmenter.select_tasks(options.tasks, None)  # unknown names fail before any case runs

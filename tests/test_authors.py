@@ -203,3 +203,25 @@ def test_imported_weights_segment_a_real_ct_with_exact_geometry(
     legend = json.loads((out / "ct_crop.json").read_text())
     assert [label["task"] for label in legend["labels"]] == ["amos/liver", "amos/spleen"]
     assert legend["modality"] == "ct"
+
+
+def test_modality_rows_pick_the_weights_row(tmp_path: Path) -> None:
+    """A named MR sequence uses its own row on six-row weights, and falls back to the generic
+    ``mr`` row (with a note) on weights that only know ct and mr."""
+    from hermes_model import create_model, save_checkpoint
+    from hermes_model.config import PreprocessConfig
+    from hermes_model.inference import Segmenter
+
+    generator = np.random.default_rng(0)
+    image = (generator.random((24, 24, 24)) * 400).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    scan = tmp_path / "mr.nii.gz"
+    nib.save(nib.Nifti1Image(image, affine), scan)
+    settings = PreprocessConfig(spacing=(2.0, 2.0, 2.0), patch_size=(32, 32, 32))
+    for rows, expected, notes in ((list(MODALITIES), "mr-t2", 0), (["ct", "mr"], "mr", 1)):
+        torch.manual_seed(0)
+        model = create_model("tiny", tasks=["chaos/liver"], modalities=rows)
+        weights = save_checkpoint(model, tmp_path / f"{len(rows)}.safetensors", preprocess=settings)
+        result = Segmenter(weights, device="cpu").segment(scan, modality="t2")
+        assert result.modality == expected
+        assert sum("no mr-t2 row" in w for w in result.warnings) == notes

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hermes_model.config import PreprocessConfig
-from hermes_model.errors import InputError, TaskError
+from hermes_model.errors import ConfigError, InputError, TaskError
 from hermes_model.io import ImageMeta, read_image
 from hermes_model.preprocess import (
     Prepared,
@@ -395,3 +395,19 @@ def test_soft_problems_are_warnings(oblique_affine):
     assert all("\n" not in w for w in warnings)
     noted = dataclasses.replace(meta, notes=("x.nii.gz: the NIfTI qform and sform disagree",))
     assert noted.notes[0] in check_image(ct, noted, "ct")
+
+
+def test_body_region_statistics_ignore_the_air_around_the_body() -> None:
+    # A CT slab: a 'body' of soft tissue (40 +- 20 HU) in a field of air (-1000 HU).
+    generator = torch.Generator().manual_seed(0)
+    volume = torch.full((40, 40, 40), -1000.0)
+    volume[10:30, 10:30, 10:30] = 40.0 + 20.0 * torch.randn(20, 20, 20, generator=generator)
+    whole, whole_stats = normalise(volume.clone(), "ct", PreprocessConfig())
+    body, body_stats = normalise(volume.clone(), "ct", PreprocessConfig(norm_region="body"))
+    inside = volume > -500
+    assert whole_stats.mean < -800  # the air dominates the whole-volume mean
+    assert abs(body_stats.mean - 40.0) < 2.0 and abs(body_stats.std - 20.0) < 2.0
+    assert abs(float(body[inside].mean())) < 1e-4 and abs(float(body[inside].std()) - 1) < 1e-2
+    assert (whole_stats.low, whole_stats.high) == (body_stats.low, body_stats.high)
+    with pytest.raises(ConfigError, match="norm_region"):
+        PreprocessConfig(norm_region="lungs")

@@ -126,6 +126,16 @@ Tta = Annotated[
     ),
 ]
 
+NormRegion = Annotated[
+    str | None,
+    typer.Option(
+        help="Where the z-score statistics come from: volume or body (CT above -500 HU, MR/PET "
+        "above 10% of the clip window). Default: what the weights were trained with (volume). "
+        "body suits whole scans on weights trained on label-cropped volumes, such as the "
+        "authors' imported Hermes-R."
+    ),
+]
+
 
 class _Bars:
     """Rich progress bars on stderr (cases and windows) fed by the batch observer hooks."""
@@ -183,7 +193,7 @@ def segment_command(
     precision: Precision = "auto", batch_size: BatchSize = None, split: Split = False,
     probabilities: Probabilities = False, stats: Stats = None, preview: Preview = False,
     skip_existing: SkipExisting = False, shard: Shard = None, tta: Tta = False,
-    debug: DebugOption = False,
+    norm_region: NormRegion = None, debug: DebugOption = False,
 ) -> None:  # fmt: skip
     """Segment CT/MR scans: a label map + JSON legend per case, optional masks, stats, previews."""
     with handle_errors(debug):
@@ -195,7 +205,7 @@ def segment_command(
             weights=weights, device=device, overlap=overlap, tta=tta, precision=precision,
             batch_size=batch_size, split=split, probabilities=probabilities, preview=preview,
             stats=stats, skip_existing=skip_existing,
-            shard=parse_shard(shard) if shard else None,
+            shard=parse_shard(shard) if shard else None, norm_region=norm_region,
         )  # fmt: skip
         bars = _Bars(debug)
         with bars.progress:

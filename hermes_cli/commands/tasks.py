@@ -77,7 +77,7 @@ def tasks_command(
 
 def _print_tasks(records: list[dict[str, Any]]) -> None:
     # Below ~110 columns the display name is dropped: the id already names the structure.
-    columns = ["id", "name", "dataset(s)", "ct/mr", "kind", "aliases"]
+    columns = ["id", "name", "dataset(s)", "modality", "kind", "aliases"]
     if out.width < 110:
         columns.remove("name")
     table = Table(
@@ -100,7 +100,7 @@ def _print_tasks(records: list[dict[str, Any]]) -> None:
             "id": record["id"],
             "name": record["name"],
             "dataset(s)": ", ".join(record["datasets"]),
-            "ct/mr": " ".join(record["modalities"]),
+            "modality": " ".join(record["modalities"]),
             "kind": record["kind"],
             "aliases": ", ".join(record["aliases"]),
         }
@@ -111,14 +111,17 @@ def _print_tasks(records: list[dict[str, Any]]) -> None:
 def _print_aliases(table_data: dict[str, dict[str, str]]) -> None:
     table = Table(title=f"{len(table_data)} aliases", box=SIMPLE_HEAD)
     table.add_column("alias", style="bold", no_wrap=True)
-    for modality in tasks.MODALITIES:
-        table.add_column(f"{modality.upper()} task", no_wrap=True)
+    for family in tasks.FAMILIES:
+        table.add_column(f"{family.upper()} task", no_wrap=True)
     for name, targets in table_data.items():
-        table.add_row(name, *(targets.get(m, "-") for m in tasks.MODALITIES))
+        table.add_row(name, *(targets.get(m, "-") for m in tasks.FAMILIES))
     out.print(table)
 
 
 _CAPTION = (
     "Ids are dataset/label and case-insensitive; an alias picks a task per modality "
-    "(hermes tasks --aliases). The paper's 7 upstream datasets give 42 tasks."
+    "(hermes tasks --aliases). The paper's 7 upstream datasets give 42 tasks; the authors' "
+    "released weights have 71. Modality rows of the model: "
+    + ", ".join(tasks.MODALITIES)
+    + " (mr: MR of unknown sequence, what detection gives; name a row with --modality)."
 )
