@@ -75,6 +75,7 @@ class BatchOptions:
         stats: CSV file of volumes per task per case.
         skip_existing: skip cases whose JSON legend exists (finished earlier).
         shard: ``(index, count)``, 0-based index: process every count-th case from index.
+        engine: what runs the network (``hermes_model.engines``): auto, torch, openvino, compile.
     """
 
     output_dir: Path
@@ -92,6 +93,7 @@ class BatchOptions:
     stats: Path | None = None
     skip_existing: bool = False
     shard: tuple[int, int] | None = None
+    engine: str = "auto"
 
 
 @dataclass
@@ -342,7 +344,7 @@ def segment_files(
     if segmenter is None:
         segmenter = Segmenter(
             options.weights, options.device, options.overlap, options.batch_size, options.tta,
-            options.precision,
+            options.precision, engine=options.engine,
         )  # fmt: skip
     if options.tasks:
         segmenter.select_tasks(options.tasks, None)  # unknown names fail before any case runs

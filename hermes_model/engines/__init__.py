@@ -29,6 +29,7 @@ from hermes_model.engines.precision import (
     resolve_precision,
 )
 from hermes_model.errors import ConfigError
+from hermes_model.options import ENGINES
 
 __all__ = [
     "ENGINES",
@@ -45,8 +46,6 @@ __all__ = [
     "openvino_available",
     "resolve_precision",
 ]
-
-ENGINES = ("auto", "torch", "openvino", "compile")
 
 
 def choose_engine(device: torch.device) -> str:
