@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -49,6 +51,7 @@ def test_explicit_precisions_and_refusals(small: torch.nn.Module) -> None:
 
 
 def test_cpu_flags_are_read_from_proc_cpuinfo() -> None:
-    flags = open("/proc/cpuinfo").read() if precision.platform.system() == "Linux" else ""
+    linux = precision.platform.system() == "Linux"
+    flags = Path("/proc/cpuinfo").read_text() if linux else ""
     native = any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
     assert precision.cpu_native_bf16() is native
