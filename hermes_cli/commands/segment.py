@@ -89,8 +89,8 @@ Engine = Annotated[
 BatchSize = Annotated[
     int | None,
     typer.Option(
-        help="Windows per forward pass. Default: 4 on a GPU (faster than 1-2), 1 on the CPU; "
-        "larger needs more GPU memory."
+        help="Windows per forward pass. Default: 4 on a GPU (faster than 1-2), 2 on the CPU "
+        "(1 is up to 3x slower: torch's fallback convolution); larger needs more memory."
     ),
 ]
 Split = Annotated[
