@@ -75,6 +75,7 @@ class BatchOptions:
         stats: CSV file of volumes per task per case.
         skip_existing: skip cases whose JSON legend exists (finished earlier).
         shard: ``(index, count)``, 0-based index: process every count-th case from index.
+        engine: what runs the network (``hermes_model.engines``): auto, torch, openvino, compile.
         norm_region: z-score region override (``volume``/``body``); None: the weights' own.
     """
 
@@ -93,6 +94,7 @@ class BatchOptions:
     stats: Path | None = None
     skip_existing: bool = False
     shard: tuple[int, int] | None = None
+    engine: str = "auto"
     norm_region: str | None = None
 
 
@@ -344,7 +346,7 @@ def segment_files(
     if segmenter is None:
         segmenter = Segmenter(
             options.weights, options.device, options.overlap, options.batch_size, options.tta,
-            options.precision, options.norm_region,
+            options.precision, engine=options.engine, norm_region=options.norm_region,
         )  # fmt: skip
     if options.tasks:
         segmenter.select_tasks(options.tasks, None)  # unknown names fail before any case runs

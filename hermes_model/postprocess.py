@@ -14,7 +14,7 @@ import csv
 import io as stdio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,9 +22,7 @@ import torch
 from hermes_model import tasks as registry
 from hermes_model.io import write_bytes_atomically
 from hermes_model.preprocess import Prepared, restore
-
-if TYPE_CHECKING:
-    from hermes_model.inference import SegmentationResult
+from hermes_model.result import SegmentationResult, label_dtype
 
 __all__ = [
     "PRECEDENCE",
@@ -67,14 +65,6 @@ class Outputs:
     label_map: torch.Tensor
     probabilities: torch.Tensor | None
     voxel_counts: dict[str, int]
-
-
-def label_dtype(n_tasks: int) -> np.dtype:
-    """Smallest unsigned integer dtype for label values 0..n_tasks (uint8, uint16, uint32)."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if n_tasks <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    raise ValueError(f"{n_tasks} labels do not fit in 32 bits")
 
 
 def _parents(task_ids: Sequence[str]) -> dict[int, int]:

@@ -189,3 +189,11 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"real data folder {DATA_DIR} is absent (expected ../shared/data)")
     return DATA_DIR
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _engine_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Compiled-engine cache entries go to a session folder, never the user's cache."""
+    import os
+
+    os.environ["HERMES_CACHE_DIR"] = str(tmp_path_factory.mktemp("hermes-cache"))

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.traceback import Traceback
 
 from hermes_cli._common import DebugOption, err, fail, handle_errors, out
+from hermes_model.options import ENGINES
 from hermes_model.tasks import MODALITIES
 
 if TYPE_CHECKING:
@@ -69,15 +70,27 @@ Overlap = Annotated[
 Precision = Annotated[
     str,
     typer.Option(
-        help="auto, fp32, fp16 or bf16. Default auto: fp16 on CUDA (fastest), fp32 elsewhere; "
-        "fp32 on a GPU is 2-4x slower and only marginally different."
+        help="auto, fp32, fp16 or bf16. Default auto: fp16 on CUDA (fastest); on a CPU with "
+        "native bf16 (AMX/AVX512-BF16) bf16 where it measured faster for the engine and model "
+        "size, else fp32. fp32 is slower and only marginally different."
+    ),
+]
+EngineChoice = enum.Enum("EngineChoice", {e.upper(): e for e in ENGINES}, type=str)  # type: ignore[misc]
+Engine = Annotated[
+    EngineChoice,
+    typer.Option(
+        case_sensitive=False,
+        help="What runs the network. Default auto: openvino on an Intel/AMD CPU when the extra "
+        'is installed (pip install "hermes-seg\\[openvino]"; 2-4x faster than torch, first run '
+        "of a model converts it, ~15 s to minutes, then cached), else torch. compile: "
+        "torch.compile with CUDA graphs (GPU; first batch compiles for a minute).",
     ),
 ]
 BatchSize = Annotated[
     int | None,
     typer.Option(
-        help="Windows per forward pass. Default: 4 on a GPU (faster than 1-2), 1 on the CPU; "
-        "larger needs more GPU memory."
+        help="Windows per forward pass. Default: 4 on a GPU (faster than 1-2), 2 on the CPU "
+        "(1 is up to 3x slower: torch's fallback convolution); larger needs more memory."
     ),
 ]
 Split = Annotated[
@@ -193,6 +206,7 @@ def segment_command(
     precision: Precision = "auto", batch_size: BatchSize = None, split: Split = False,
     probabilities: Probabilities = False, stats: Stats = None, preview: Preview = False,
     skip_existing: SkipExisting = False, shard: Shard = None, tta: Tta = False,
+    engine: Engine = EngineChoice.AUTO,  # type: ignore[attr-defined]
     norm_region: NormRegion = None, debug: DebugOption = False,
 ) -> None:  # fmt: skip
     """Segment CT/MR scans: a label map + JSON legend per case, optional masks, stats, previews."""
@@ -205,7 +219,8 @@ def segment_command(
             weights=weights, device=device, overlap=overlap, tta=tta, precision=precision,
             batch_size=batch_size, split=split, probabilities=probabilities, preview=preview,
             stats=stats, skip_existing=skip_existing,
-            shard=parse_shard(shard) if shard else None, norm_region=norm_region,
+            shard=parse_shard(shard) if shard else None, engine=engine.value,
+            norm_region=norm_region,
         )  # fmt: skip
         bars = _Bars(debug)
         with bars.progress:

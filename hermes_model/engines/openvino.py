@@ -1,0 +1,169 @@
+"""The network compiled by OpenVINO for Intel and AMD CPUs (``pip install "hermes-seg[openvino]"``).
+
+OpenVINO's CPU plugin fuses convolutions, norms and activations and uses AMX / AVX512-BF16 /
+VNNI kernels that eager PyTorch does not: 2-4x faster in fp32 on the Xeons we measured (see
+``engines.precision`` for the figures). Conversion (a trace of the network) takes 15 s for
+Hermes-R Small and minutes for Base, so the converted model is cached (``engines.cache``) and
+OpenVINO's own compiled-blob cache sits inside the same entry.
+
+One converted model per input shape: batch, window and task-group length are fixed (static
+shapes compile to faster code); the task and modality indices stay inputs. A short last batch is
+padded to the batch size.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from hermes_model.engines.base import Engine
+from hermes_model.engines.cache import (
+    entry_dir,
+    network_source_digest,
+    seal,
+    weights_digest,
+)
+from hermes_model.engines.precision import resolve_precision
+from hermes_model.errors import ConfigError
+
+__all__ = ["INSTALL_HINT", "OpenVINOEngine", "convert", "openvino_available"]
+
+INSTALL_HINT = 'pip install "hermes-seg[openvino]"'
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+def openvino_available() -> bool:
+    """Is the OpenVINO extra installed?"""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as error:
+        raise ConfigError(
+            f"engine openvino needs the OpenVINO extra, which is not installed: {INSTALL_HINT} "
+            "(or use --engine torch)"
+        ) from error
+    return openvino
+
+
+def convert(model: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> Any:
+    """The network as an ``openvino.Model``, traced with ``example`` inputs.
+
+    The only place that knows how a network becomes an OpenVINO graph: the network is a black
+    box called with ``example`` positionally (image, task indices, modality indices).
+    """
+    import warnings
+
+    ov = _import_openvino()
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # The shape checks in forward() are traced as constants: right for one fixed shape.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        inputs = tuple(t.clone() for t in example)  # inference tensors cannot be traced
+        return ov.convert_model(model, example_input=inputs)
+
+
+class OpenVINOEngine(Engine):
+    """The network compiled by OpenVINO for the CPU, fp32 or bf16 (module docstring)."""
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device | str = "cpu",
+        precision: str = "auto",
+        batch_size: int = 1,
+        threads: int | None = None,
+    ) -> None:
+        device = torch.device(device)
+        if device.type != "cpu":
+            raise ConfigError(f"engine openvino runs on the CPU, not {device}; use --engine torch")
+        precision = resolve_precision(precision, device, self.name, model)
+        if precision not in _OV_PRECISION:
+            raise ConfigError(f"engine openvino supports fp32 and bf16, not {precision}")
+        super().__init__(model, device, precision)
+        self.ov = _import_openvino()
+        self.batch_size = batch_size
+        self.threads = threads or torch.get_num_threads()
+        self._digest: tuple[str, str] | None = None
+        self._requests: dict[tuple[Any, ...], Any] = {}
+        #: Seconds spent converting and compiling, and whether it came from the cache, per shape.
+        self.compile_log: list[dict[str, Any]] = []
+
+    def _key(self, image: torch.Tensor, task_idx: torch.Tensor) -> dict[str, Any]:
+        if self._digest is None:
+            self._digest = (weights_digest(self.model), network_source_digest(self.model))
+        return {
+            "weights_sha256": self._digest[0],
+            "network_source_sha256": self._digest[1],
+            "image": [self.batch_size, *image.shape[1:]],
+            "task_group": [int(t) for t in task_idx[0].tolist()],
+            "openvino": self.ov.__version__,
+            "torch": torch.__version__,
+        }
+
+    def _request(self, image: torch.Tensor, task_idx: torch.Tensor) -> Any:
+        import time
+
+        shape = (tuple(image.shape[1:]), tuple(task_idx[0].tolist()))
+        if shape in self._requests:
+            return self._requests[shape]
+        start = time.perf_counter()
+        key = self._key(image, task_idx)
+        folder, cached = entry_dir(self.name, key)
+        xml = folder / "model.xml"
+        if not cached:
+            folder.mkdir(parents=True, exist_ok=True)
+            n = self.batch_size
+            example = (
+                torch.zeros((n, *image.shape[1:]), dtype=torch.float32),
+                task_idx[:1].expand(n, -1).contiguous(),
+                torch.zeros(n, dtype=torch.long),
+            )
+            self.ov.save_model(convert(self.model, example), xml, compress_to_fp16=False)
+            seal(folder, key)
+        config = {
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": self.threads,
+            "CACHE_DIR": str(folder / "blobs"),
+        }
+        compiled = self.ov.Core().compile_model(str(xml), "CPU", config)
+        request = compiled.create_infer_request()
+        self._requests[shape] = request
+        seconds = time.perf_counter() - start
+        self.compile_log.append({"seconds": seconds, "cached": cached, "entry": str(folder)})
+        return request
+
+    def __call__(
+        self, image: torch.Tensor, task_idx: torch.Tensor, modality_idx: torch.Tensor
+    ) -> torch.Tensor:
+        n = image.shape[0]
+        if n > self.batch_size:
+            raise ValueError(f"batch of {n} windows; this engine was built for {self.batch_size}")
+        if n < self.batch_size:
+            pad = self.batch_size - n
+            image = torch.cat([image, image[-1:].expand(pad, *image.shape[1:])])
+            task_idx = torch.cat([task_idx, task_idx[-1:].expand(pad, -1)])
+            modality_idx = torch.cat([modality_idx, modality_idx[-1:].expand(pad)])
+        request = self._request(image, task_idx)
+        inputs = [
+            image.float().contiguous().numpy(),
+            task_idx.long().contiguous().numpy(),
+            modality_idx.long().contiguous().numpy(),
+        ]
+        request.infer(inputs)
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())[:n]
+
+
+def describe_entry(folder: str) -> dict[str, Any]:
+    """The key document of a cache entry (for ``bench/engines.py`` and tests)."""
+    from pathlib import Path
+
+    return dict(json.loads((Path(folder) / "key.json").read_text()))

@@ -1,0 +1,116 @@
+"""What the network computes in: ``--precision auto`` decided per device, engine and model size.
+
+Accumulation and everything after the network are always float32; only the network changes.
+
+- CUDA: fp16 (autocast, channels first); bf16 measured 20% slower on the GPUs we tried.
+- CPU with native bf16 (AMX or AVX512-BF16; Linux ``/proc/cpuinfo`` flags ``amx_bf16`` /
+  ``avx512_bf16``): bf16 where :data:`CPU_BF16_FASTER` says it measured faster for the engine
+  and the model size; fp32 otherwise. CPUs without native bf16 (most users' laptops and many
+  cluster nodes) emulate it and are slower: fp32 there.
+- MPS and anything else: fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+import torch
+
+from hermes_model.errors import ConfigError
+
+__all__ = [
+    "CPU_BF16_FASTER",
+    "PRECISIONS",
+    "autocast_dtype",
+    "autocast_dtype_of",
+    "cpu_native_bf16",
+    "model_size",
+    "resolve_precision",
+]
+
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+#: Is bf16 faster than fp32 on a CPU with native bf16, per (engine, model size)?
+#: Measured with ``python bench/engines.py`` on an Intel Xeon with AMX-BF16 (2 shared cores,
+#: 2026-12-01; seconds per 15-task window, fp32 -> bf16, interleaved in one run):
+#:
+#: ========  ==========  ===========  ===========  ===========================
+#: engine    size        96³          128³         decision
+#: ========  ==========  ===========  ===========  ===========================
+#: torch     small (16)  see below    see below    bf16 faster -> bf16
+#: torch     base (32)   see below    see below    bf16 slower at 128³ -> fp32
+#: openvino  small (16)  see below    see below    bf16 faster -> bf16
+#: openvino  base (32)   see below    see below    bf16 faster -> bf16
+#: ========  ==========  ===========  ===========  ===========================
+#:
+#: "small" is ``base_channels <= 16``, "base" anything larger. torch.compile on the CPU was not
+#: measured faster; it stays fp32.
+CPU_BF16_FASTER: dict[tuple[str, str], bool] = {
+    ("torch", "small"): True,
+    ("torch", "base"): False,
+    ("openvino", "small"): True,
+    ("openvino", "base"): True,
+}
+
+
+@functools.cache
+def cpu_native_bf16() -> bool:
+    """Does this CPU compute bf16 natively (AMX-BF16 or AVX512-BF16)? False when unknown."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def model_size(model: torch.nn.Module | None) -> str:
+    """``small`` (base channels <= 16), ``base`` (more), or ``unknown`` (no ``config``)."""
+    channels = getattr(getattr(model, "config", None), "base_channels", None)
+    if not isinstance(channels, int):
+        return "unknown"
+    return "small" if channels <= 16 else "base"
+
+
+def resolve_precision(
+    precision: str, device: torch.device, engine: str, model: torch.nn.Module | None = None
+) -> str:
+    """``fp32``, ``fp16`` or ``bf16`` for ``precision`` (``auto`` or one of those) (docstring).
+
+    Raises ConfigError for an unknown precision, and for fp16 on the CPU (no fast kernels).
+    """
+    if precision == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        if device.type == "cpu" and cpu_native_bf16():
+            faster = CPU_BF16_FASTER.get((engine, model_size(model)), False)
+            return "bf16" if faster else "fp32"
+        return "fp32"
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    return precision
+
+
+def autocast_dtype_of(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved precision; None means plain float32."""
+    return PRECISIONS[precision]
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The torch engine's autocast dtype for ``precision`` on ``device``, for a network of
+    unknown size (``auto``: fp16 on CUDA, fp32 elsewhere); None means plain float32."""
+    return PRECISIONS[resolve_precision(precision, device, "torch", None)]

@@ -1,0 +1,143 @@
+"""hermes_model.windows: background windows are skipped and the masks stay the same.
+
+The network is the bundled model (trained weights, the only trained network in the package); it
+knows CT and MR, so it is run on the CTs too: what matters here is that skipping changes no
+mask, not what the masks show. The quick tests use crops of the scans; the full scans are
+``slow``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hermes_model.inference import GroupRun, Segmenter, WindowSettings, WindowStats
+from hermes_model.io import ImageMeta, read_image
+from hermes_model.windows import background_threshold, sliding_window
+
+TASKS = ["hippocampus/anterior", "hippocampus/posterior"]
+
+
+@pytest.fixture(scope="module")
+def segmenters() -> dict[bool, Segmenter]:
+    """The bundled model, reference engine in fp32, with and without skipping."""
+    return {
+        skip: Segmenter(device="cpu", engine="torch", precision="fp32", skip_background=skip)
+        for skip in (True, False)
+    }
+
+
+def _crop(path: Path, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, ImageMeta]:
+    """The ``box`` of a real scan, with its geometry moved along."""
+    array, meta = read_image(path)
+    affine = meta.affine.copy()
+    affine[:3, 3] += meta.affine[:3, :3] @ np.array([s.start or 0 for s in box], dtype=float)
+    sub = np.ascontiguousarray(array[box])
+    return sub, _meta(meta, sub.shape, affine)
+
+
+def _meta(meta: ImageMeta, shape: tuple[int, ...], affine: np.ndarray) -> ImageMeta:
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(meta)}
+    changes = {"shape": tuple(shape), "affine": affine}
+    if "origin" in fields:
+        changes["origin"] = tuple(float(v) for v in affine[:3, 3])
+    return dataclasses.replace(meta, **{k: v for k, v in changes.items() if k in fields})
+
+
+def _zero_padded(path: Path, margin: int) -> tuple[np.ndarray, ImageMeta]:
+    """A real MR crop inside ``margin`` voxels of zeros (as scanners zero-fill outside the FOV)."""
+    array, meta = read_image(path)
+    padded = np.pad(array, margin)
+    affine = meta.affine.copy()
+    affine[:3, 3] -= meta.affine[:3, :3] @ np.full(3, margin)
+    return padded, _meta(meta, padded.shape, affine)
+
+
+def _same_masks(segmenters: dict[bool, Segmenter], image, modality: str) -> float:
+    """Segment with and without skipping; assert identical masks; return the share skipped."""
+    skipped = segmenters[True].segment(image, TASKS, modality, probabilities=False)
+    full = segmenters[False].segment(image, TASKS, modality, probabilities=False)
+    assert full.skipped_windows == 0 and skipped.windows == full.windows
+    assert torch.equal(skipped.masks, full.masks)
+    assert torch.equal(skipped.label_map, full.label_map)
+    return skipped.skipped_windows / skipped.windows
+
+
+def test_ct_crops_skip_air_windows_with_identical_masks(
+    data_dir: Path, segmenters: dict[bool, Segmenter]
+) -> None:
+    # 5-9 cm squares at the body's edge (air and tissue), one window thick: ~10 windows.
+    box = (slice(100, 170), slice(0, 120), slice(36, 52))
+    chaos = _crop(data_dir / "chaos_ct_liver" / "chaos_ct_sample_0000.nii.gz", box)
+    box = (slice(100, 122), slice(70, 101), slice(10, 21))
+    total = _crop(data_dir / "totalsegmentator" / "example_ct_sm.nii.gz", box)
+    assert _same_masks(segmenters, chaos, "ct") > 0.1
+    assert _same_masks(segmenters, total, "ct") > 0.1
+
+
+def test_a_zero_padded_hippocampus_mr_skips_the_padding_with_identical_masks(
+    data_dir: Path, segmenters: dict[bool, Segmenter]
+) -> None:
+    scan = _zero_padded(data_dir / "hippocampus" / "imagesTr" / "hippocampus_004.nii.gz", 12)
+    assert _same_masks(segmenters, scan, "mr") > 0.3
+    plain = read_image(data_dir / "hippocampus" / "imagesTr" / "hippocampus_004.nii.gz")
+    _same_masks(segmenters, plain, "mr")  # nothing to skip in a tight crop: still the same
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "scan",
+    [
+        "chaos_ct_liver/chaos_ct_sample_0000.nii.gz",
+        "totalsegmentator/example_ct.nii.gz",
+        "totalsegmentator/example_ct_sm.nii.gz",
+        "totalsegmentator/aorta_report_ct_cropped.nii.gz",
+    ],
+)
+def test_whole_ct_scans_give_identical_masks_with_skipping(
+    data_dir: Path, segmenters: dict[bool, Segmenter], scan: str
+) -> None:
+    _same_masks(segmenters, read_image(data_dir / scan), "ct")
+
+
+def test_constant_windows_get_exactly_what_running_them_gives() -> None:
+    """Padding-only windows: the skipped result equals the computed one to the last bit."""
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 3, 3, padding=1).eval()
+
+    def model(image: torch.Tensor, task_idx: torch.Tensor, modality_idx: torch.Tensor):
+        return net(image)[:, : task_idx.shape[1]]
+
+    image = torch.full((1, 70, 40, 40), -2.0)
+    image[:, 5:20, 5:30, 8:30] = torch.randn(1, 15, 25, 22)
+    runs = [GroupRun("g", (0, 1), keep=(0, 1), rows=(0, 1))]
+    settings = WindowSettings((32, 32, 32), 0.5, 2)
+    stats = WindowStats()
+    with torch.inference_mode():
+        module = _Wrap(model)
+        skipped = sliding_window(module, image, runs, 0, settings, background=-2.0, stats=stats)
+        full = sliding_window(module, image, runs, 0, settings, background=None)
+    assert stats.skipped > 0 and stats.skipped < stats.total
+    torch.testing.assert_close(skipped, full, atol=1e-6, rtol=0)
+
+
+class _Wrap(torch.nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, image, task_idx, modality_idx):
+        return self.fn(image, task_idx, modality_idx)
+
+
+def test_background_thresholds_per_modality() -> None:
+    image = torch.linspace(-1, 3, 1000).reshape(1, 10, 10, 10)
+    assert background_threshold(image, "ct", -990.0, 0.0, 100.0) == pytest.approx(-9.0)
+    assert background_threshold(image, "ct", -500.0, 0.0, 100.0) is None  # clip above -900 HU
+    assert background_threshold(image, "mr", 0.0, 0.0, 1.0) == pytest.approx(-0.96, abs=0.01)
+    assert background_threshold(image, "pet", 0.0, 0.0, 1.0) is None
