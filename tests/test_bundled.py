@@ -113,7 +113,7 @@ LABEL_MAP_SHA256 = {
 def test_hippocampus_weights_give_the_same_masks_as_before_parity() -> None:
     import hashlib
 
-    segmenter = Segmenter(NAME, device="cpu", precision="fp32")
+    segmenter = Segmenter(NAME, device="cpu", precision="fp32", engine="torch")
     assert segmenter.model.config.fusion_order == "parallel"  # recorded by LEGACY_DEFAULTS
     assert not segmenter.model.config.null_token
     for case, expected in LABEL_MAP_SHA256.items():
