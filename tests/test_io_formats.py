@@ -101,7 +101,8 @@ def real_scan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     nib.save(nib.Nifti1Pair(data, affine), files["pair"])
     # Analyze stores only spacing and an origin: give it an axis-aligned grid (nibabel's LAS).
     files["analyze"] = folder / "scan_analyze.hdr"
-    nib.save(nib.AnalyzeImage(data.astype(np.int16), np.diag([-1.0, 1.2, 0.9, 1.0])), files["analyze"])
+    analyze = nib.AnalyzeImage(data.astype(np.int16), np.diag([-1.0, 1.2, 0.9, 1.0]))
+    nib.save(analyze, files["analyze"])
     files["minc"] = folder / "scan_minc.mnc"
     sitk.WriteImage(sitk.ReadImage(str(files["nifti"])), str(files["minc"]))
     return files
