@@ -8,7 +8,9 @@ becomes one line in the report and the batch goes on.
 Outputs per case (every file written atomically; the JSON legend last, so that its presence
 means the case is complete):
 
-    DIR/<case>.nii.gz                       label map on the input's exact grid
+    DIR/<case>.nii.gz                       label map on the input's exact grid   (format nifti)
+    DIR/<case>_seg.dcm                      DICOM SEG, one segment per task   (format dicom-seg)
+    DIR/<case>_rtstruct.dcm                 RT Structure Set, one ROI per task (format rtstruct)
     DIR/<case>.json                         legend: value -> task, volumes, modality, weights
     DIR/<case>/<task>.nii.gz                one uint8 mask per task            (split)
     DIR/<case>/<task>_probability.nii.gz    float32 probability, float16 precision  (probabilities)
@@ -40,6 +42,7 @@ from hermes_model.io import (
     ImageMeta,
     case_name,
     find_images,
+    is_dicom_case,
     read_image,
     write_bytes_atomically,
     write_image,
@@ -75,6 +78,7 @@ class BatchOptions:
         stats: CSV file of volumes per task per case.
         skip_existing: skip cases whose JSON legend exists (finished earlier).
         shard: ``(index, count)``, 0-based index: process every count-th case from index.
+        formats: label-map formats, any of ``dicom_out.FORMATS`` (DICOM ones need DICOM input).
     """
 
     output_dir: Path
@@ -92,6 +96,7 @@ class BatchOptions:
     stats: Path | None = None
     skip_existing: bool = False
     shard: tuple[int, int] | None = None
+    formats: tuple[str, ...] = ("nifti",)
 
 
 @dataclass
@@ -242,11 +247,16 @@ def write_case(
     array (for the preview).
     """
     from hermes_model import postprocess
+    from hermes_model.dicom_out import case_outputs
 
     folder = options.output_dir
     meta: ImageMeta = result.meta
+    dicom = case_outputs(case, result, folder, options.formats)  # built first: may fail
     labels = result.labels()
-    written = [write_image(labels, meta, folder / f"{case}.nii.gz")]
+    written = []
+    if "nifti" in options.formats:
+        written.append(write_image(labels, meta, folder / f"{case}.nii.gz"))
+    written += [write_bytes_atomically(path, payload) for path, payload in dicom]
     stems = postprocess.task_file_stems(result.task_ids)
     files: dict[str, str] = {}
     for task in result.task_ids:
@@ -261,6 +271,7 @@ def write_case(
         png = postprocess.preview_png(image, meta.affine, labels, result)
         written.append(write_bytes_atomically(folder / f"{case}.png", png))
     legend = postprocess.legend(result, input_file, files)
+    legend["outputs"] = [str(p.relative_to(folder)) for p in written]
     text = json.dumps(legend, indent=2) + "\n"
     written.append(write_bytes_atomically(folder / f"{case}.json", text.encode()))
     return written
@@ -298,6 +309,10 @@ def _plan(inputs: Sequence[str | Path], options: BatchOptions) -> list[Path]:
     if options.modality is not None:
         registry.normalize_modality(options.modality)
     cases = find_images(inputs)
+    from hermes_model.dicom_out import check_dicom_input
+
+    for path in cases:  # before any work: a DICOM format for a non-DICOM input is one line
+        check_dicom_input(str(path), is_dicom_case(path), options.formats)
     names: dict[str, Path] = {}
     for path in cases:
         other = names.setdefault(case_name(path), path)

@@ -40,6 +40,8 @@ __all__ = [
     "load_source_series",
     "seg_bytes",
     "rtstruct_bytes",
+    "slice_contours",
+    "case_outputs",
 ]
 
 FORMATS = ("nifti", "dicom-seg", "rtstruct")
@@ -349,3 +351,39 @@ def _describe(dataset: Any, first: Any) -> None:
     dataset.OperatorsName = ""
     dataset.InstanceNumber = 1
     dataset.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+
+
+def case_outputs(
+    case: str, result: Any, folder: Any, formats: Sequence[str]
+) -> list[tuple[Any, bytes]]:
+    """``(path, payload)`` of a case's DICOM outputs (``DIR/<case>_seg.dcm``,
+    ``DIR/<case>_rtstruct.dcm``), all built before any is written (no partial output).
+
+    ``result`` is a :class:`hermes_model.inference.SegmentationResult` of a DICOM series.
+    """
+    from pathlib import Path
+
+    from hermes_model import tasks as registry
+
+    wanted = [f for f in formats if f in DICOM_FORMATS]
+    if not wanted:
+        return []
+    _requirements()
+    meta: ImageMeta = result.meta
+    check_dicom_input(meta.source, meta.format == "dicom", wanted)
+    sources = load_source_series(meta)
+    known = {t.id: t for t in registry.all_tasks()}
+    segments = [
+        Segment(
+            task,
+            known[task].name if task in known else task,
+            result.mask(task),
+            known[task].kind if task in known else "organ",
+        )
+        for task in result.task_ids
+    ]
+    writers = {"dicom-seg": (seg_bytes, "seg"), "rtstruct": (rtstruct_bytes, "rtstruct")}
+    return [
+        (Path(folder) / f"{case}_{suffix}.dcm", build(segments, sources, meta))
+        for build, suffix in (writers[f] for f in wanted)
+    ]

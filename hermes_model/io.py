@@ -42,6 +42,7 @@ __all__ = [
     "write_bytes_atomically",
     "find_images",
     "case_name",
+    "is_dicom_case",
     "NIFTI_SUFFIXES",
     "ITK_SUFFIXES",
     "NIBABEL_SUFFIXES",
@@ -743,6 +744,12 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     # A DICOM file whose folder is itself a case would segment the same series twice.
     cases = [p for p in cases if p.is_dir() or _is_image_file(p) or p.parent not in folders]
     return list(dict.fromkeys(cases))
+
+
+def is_dicom_case(path: str | Path) -> bool:
+    """True for a case of :func:`find_images` that is a DICOM series (a folder or one file)."""
+    path = Path(path)
+    return path.is_dir() or (not _is_image_file(path) and _is_dicom_file(path))
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

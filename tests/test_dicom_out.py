@@ -16,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import DATA_DIR
+from conftest import DATA_DIR, copy_ct_series_with_uids
 from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
 
 from hermes_model.errors import ConfigError, InputError
@@ -41,21 +41,7 @@ STRUCTURES = {
 
 @pytest.fixture(scope="module")
 def series(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the CT series with its blanked UIDs restored and its pixels decompressed."""
-    source = DATA_DIR / "totalsegmentator" / "example_ct_dicom"
-    if not source.is_dir():
-        pytest.skip(f"real data {source} is absent (expected ../shared/data)")
-    target = tmp_path_factory.mktemp("ct") / "example_ct_dicom"
-    target.mkdir()
-    study, series_uid = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
-    for path in sorted(source.iterdir()):
-        ds = pydicom.dcmread(path)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
-        ds.decompress()
-        ds.save_as(target / path.name)
-    return target
+    return copy_ct_series_with_uids(tmp_path_factory.mktemp("ct") / "example_ct_dicom")
 
 
 @pytest.fixture(scope="module")

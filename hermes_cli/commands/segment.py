@@ -23,7 +23,10 @@ if TYPE_CHECKING:
 
 Inputs = Annotated[
     list[Path],
-    typer.Argument(help="Scans: NIfTI/NRRD/MHA files, DICOM series folders, or folders of scans."),
+    typer.Argument(
+        help="Scans: NIfTI/NRRD/MHA/MGZ/Analyze (.hdr)/MINC files, DICOM series folders or "
+        "files, or folders of scans."
+    ),
 ]
 Output = Annotated[
     Path, typer.Option("--output", "-o", help="Output folder (created if missing). Required.")
@@ -119,6 +122,16 @@ Shard = Annotated[
         "). Default: all cases. For many GPUs or nodes without coordination."
     ),
 ]
+Formats = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--format",
+        help="Label-map format: nifti (DIR/<case>.nii.gz), dicom-seg (DIR/<case>_seg.dcm) or "
+        "rtstruct (DIR/<case>_rtstruct.dcm, for RT planning); repeat or comma-separate for "
+        "several. Default nifti. The DICOM ones need DICOM-series input and hermes-seg[dicom]; "
+        "each adds about a second per case.",
+    ),
+]
 Tta = Annotated[
     bool,
     typer.Option(
@@ -183,11 +196,12 @@ def segment_command(
     precision: Precision = "auto", batch_size: BatchSize = None, split: Split = False,
     probabilities: Probabilities = False, stats: Stats = None, preview: Preview = False,
     skip_existing: SkipExisting = False, shard: Shard = None, tta: Tta = False,
-    debug: DebugOption = False,
+    formats: Formats = None, debug: DebugOption = False,
 ) -> None:  # fmt: skip
     """Segment CT/MR scans: a label map + JSON legend per case, optional masks, stats, previews."""
     with handle_errors(debug):
         from hermes_model.batch import BatchOptions, parse_shard, segment_files
+        from hermes_model.dicom_out import parse_formats
 
         options = BatchOptions(
             output_dir=output, tasks=[tasks] if tasks else None,
@@ -195,7 +209,7 @@ def segment_command(
             weights=weights, device=device, overlap=overlap, tta=tta, precision=precision,
             batch_size=batch_size, split=split, probabilities=probabilities, preview=preview,
             stats=stats, skip_existing=skip_existing,
-            shard=parse_shard(shard) if shard else None,
+            shard=parse_shard(shard) if shard else None, formats=parse_formats(formats),
         )  # fmt: skip
         bars = _Bars(debug)
         with bars.progress:
