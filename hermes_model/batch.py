@@ -47,6 +47,7 @@ from hermes_model.io import (
     write_bytes_atomically,
     write_image,
 )
+from hermes_model.ood import check_scan
 
 __all__ = [
     "BatchOptions",
@@ -116,6 +117,8 @@ class CaseReport:
     rows: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     error: BaseException | None = field(default=None, repr=False)
+    #: :func:`hermes_model.ood.check_scan` lines (also in ``warnings``).
+    out_of_distribution: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -240,11 +243,13 @@ def write_case(
     result: Any,
     image: np.ndarray,
     options: BatchOptions,
+    out_of_distribution: Sequence[str] = (),
 ) -> list[Path]:
     """Write one case's outputs (module docstring), the JSON legend last. Returns the paths.
 
     ``result`` is a :class:`hermes_model.inference.SegmentationResult`; ``image`` the input
-    array (for the preview).
+    array (for the preview); ``out_of_distribution`` the scan's :func:`ood.check_scan` lines
+    (also among ``result.warnings``), kept apart in the legend.
     """
     from hermes_model import postprocess
     from hermes_model.dicom_out import case_outputs
@@ -272,6 +277,7 @@ def write_case(
         written.append(write_bytes_atomically(folder / f"{case}.png", png))
     legend = postprocess.legend(result, input_file, files)
     legend["outputs"] = [str(p.relative_to(folder)) for p in written]
+    legend["out_of_distribution"] = list(out_of_distribution)
     text = json.dumps(legend, indent=2) + "\n"
     written.append(write_bytes_atomically(folder / f"{case}.json", text.encode()))
     return written
@@ -436,6 +442,9 @@ class _Pipeline:
             failed.set_result(_failure(case, path, error, time.perf_counter() - start))
             return failed
         result.timings["read"] = read_seconds
+        metadata = getattr(getattr(self.segmenter, "model", None), "metadata", None) or {}
+        unlike = check_scan(array, meta, result.modality, metadata, result.task_ids)
+        result.warnings.extend(unlike)
         result = result.to("cpu")  # frees the device for the next case; the writer is CPU-only
         compute = time.perf_counter() - start
 
@@ -443,13 +452,13 @@ class _Pipeline:
             from hermes_model.postprocess import stats_rows
 
             begin = time.perf_counter()
-            outputs = write_case(case, str(path), result, array, self.options)
+            outputs = write_case(case, str(path), result, array, self.options, unlike)
             result.timings["write"] = time.perf_counter() - begin
             return CaseReport(
                 case, str(path), "done", seconds=compute + result.timings["write"],
                 outputs=outputs, volumes_ml=dict(result.volumes_ml),
                 warnings=list(result.warnings), rows=stats_rows(case, result, str(path)),
-                timings=dict(result.timings),
+                timings=dict(result.timings), out_of_distribution=list(unlike),
             )  # fmt: skip
 
         return self.writer.submit(_guard(write, lambda e: _failure(case, path, e, compute)))

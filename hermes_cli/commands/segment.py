@@ -185,6 +185,9 @@ def _summary(report: BatchReport) -> Table:
                 f"{task.split('/')[-1]} {ml:.1f}" for task, ml in case.volumes_ml.items()
             )
         )
+        if case.out_of_distribution:  # one line: the scan is unlike the training data
+            first = case.out_of_distribution[0].split(": ", 1)[-1]
+            detail += f"\n[yellow]warning: {first}[/]"
         style = {"failed": "red", "skipped": "dim"}.get(case.status, "green")
         table.add_row(case.case, f"[{style}]{case.status}[/]", f"{case.seconds:.1f}", detail)
     return table
