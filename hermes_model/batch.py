@@ -80,6 +80,7 @@ class BatchOptions:
         skip_existing: skip cases whose JSON legend exists (finished earlier).
         shard: ``(index, count)``, 0-based index: process every count-th case from index.
         formats: label-map formats, any of ``dicom_out.FORMATS`` (DICOM ones need DICOM input).
+        report: an HTML page for the batch (``hermes_model.report``), thumbnails beside it.
     """
 
     output_dir: Path
@@ -98,6 +99,7 @@ class BatchOptions:
     skip_existing: bool = False
     shard: tuple[int, int] | None = None
     formats: tuple[str, ...] = ("nifti",)
+    report: Path | None = None
 
 
 @dataclass
@@ -275,8 +277,13 @@ def write_case(
     if options.preview:
         png = postprocess.preview_png(image, meta.affine, labels, result)
         written.append(write_bytes_atomically(folder / f"{case}.png", png))
+    if options.report is not None:
+        from hermes_model.report import images_dir, thumbnail_png
+
+        thumbnail = images_dir(options.report) / f"{case}.png"
+        written.append(write_bytes_atomically(thumbnail, thumbnail_png(image, labels, result)))
     legend = postprocess.legend(result, input_file, files)
-    legend["outputs"] = [str(p.relative_to(folder)) for p in written]
+    legend["outputs"] = [str(p.relative_to(folder)) for p in written if p.is_relative_to(folder)]
     legend["out_of_distribution"] = list(out_of_distribution)
     text = json.dumps(legend, indent=2) + "\n"
     written.append(write_bytes_atomically(folder / f"{case}.json", text.encode()))
@@ -331,6 +338,10 @@ def _plan(inputs: Sequence[str | Path], options: BatchOptions) -> list[Path]:
     if options.shard is not None:
         cases = shard_cases(cases, *options.shard)
     check_output_dir(options.output_dir)
+    if options.report is not None:
+        from hermes_model.report import check_report_path
+
+        check_report_path(options.report)
     return cases
 
 
@@ -376,7 +387,12 @@ def segment_files(
         ThreadPoolExecutor(1, "hermes-write") as writer,
     ):
         _Pipeline(segmenter, options, observer, reader, writer, stats, reports).run(todo)
-    return BatchReport(reports, dict(getattr(segmenter, "weights", {})))
+    batch = BatchReport(reports, dict(getattr(segmenter, "weights", {})))
+    if options.report is not None:
+        from hermes_model.report import write_report
+
+        write_report(batch, options.report)
+    return batch
 
 
 class _StatsWriter:

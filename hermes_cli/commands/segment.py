@@ -132,6 +132,15 @@ Formats = Annotated[
         "each adds about a second per case.",
     ),
 ]
+Report = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        help="Write one HTML page for the batch (FILE.html; thumbnails in FILE_files/ beside "
+        "it): a sortable row per case with volumes, modality, warnings, seconds, failures. "
+        "Default: none; costs a small preview per case.",
+    ),
+]
 Tta = Annotated[
     bool,
     typer.Option(
@@ -199,7 +208,7 @@ def segment_command(
     precision: Precision = "auto", batch_size: BatchSize = None, split: Split = False,
     probabilities: Probabilities = False, stats: Stats = None, preview: Preview = False,
     skip_existing: SkipExisting = False, shard: Shard = None, tta: Tta = False,
-    formats: Formats = None, debug: DebugOption = False,
+    formats: Formats = None, report_page: Report = None, debug: DebugOption = False,
 ) -> None:  # fmt: skip
     """Segment CT/MR scans: a label map + JSON legend per case, optional masks, stats, previews."""
     with handle_errors(debug):
@@ -213,6 +222,7 @@ def segment_command(
             batch_size=batch_size, split=split, probabilities=probabilities, preview=preview,
             stats=stats, skip_existing=skip_existing,
             shard=parse_shard(shard) if shard else None, formats=parse_formats(formats),
+            report=report_page,
         )  # fmt: skip
         bars = _Bars(debug)
         with bars.progress:
