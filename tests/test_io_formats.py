@@ -134,15 +134,35 @@ def test_folder_listing_counts_an_analyze_pair_once(real_scan):
     assert find_images([img_file, real_scan["pair"]]) == [real_scan["pair"]]
 
 
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random model with 2 mm windows: the geometry, not the masks' quality, is tested."""
+    import torch
+
+    from hermes_model import create_model, save_checkpoint
+    from hermes_model.config import PreprocessConfig
+
+    torch.manual_seed(0)
+    return save_checkpoint(
+        create_model("tiny", tasks=["hippocampus/anterior", "hippocampus/posterior"]),
+        tmp_path_factory.mktemp("weights") / "tiny.safetensors",
+        preprocess=PreprocessConfig(spacing=(2.0, 2.0, 2.0), patch_size=(32, 32, 32)),
+    )
+
+
 @pytest.mark.parametrize("kind", ["mgz", "analyze", "minc"])
-def test_segmenting_each_format_writes_masks_on_nibabels_grid(real_scan, kind, tmp_path):
-    """The bundled model segments the MGZ/Analyze/MINC files; the label map lies on the input's
-    voxels (nibabel's affine) and equals the label map of the same scan given as NIfTI."""
+def test_segmenting_each_format_writes_masks_on_nibabels_grid(
+    real_scan, tiny_weights, kind, tmp_path
+):
+    """MGZ/Analyze/MINC files segment into label maps on the input's voxels (nibabel's affine),
+    equal to the label map of the same scan given as NIfTI."""
     if kind == "minc":
         pytest.importorskip("h5py", reason="MINC2 (HDF5) needs h5py (hermes-seg[minc])")
     reference = real_scan["nifti"] if kind == "mgz" else None  # same voxels, same grid
     inputs = [str(real_scan[kind])] + ([str(reference)] if reference else [])
-    result = CliRunner().invoke(app, ["segment", *inputs, "-o", str(tmp_path), "--device", "cpu"])
+    result = CliRunner().invoke(
+        app, ["segment", *inputs, "-o", str(tmp_path), "--weights", str(tiny_weights)]
+    )
     assert result.exit_code == 0, result.output
     name = case_name(real_scan[kind])
     labels = nib.load(tmp_path / f"{name}.nii.gz")

@@ -52,6 +52,15 @@ def test_statistics_follow_world_axes_not_array_axes():
     np.testing.assert_allclose(a.intensity, b.intensity)
 
 
+def test_whole_brain_scan_is_unlike_the_hippocampus_training_data(bundled):
+    if not ANATOMICAL.is_file():
+        pytest.skip(f"nibabel's test file {ANATOMICAL} is not installed")
+    array, meta = read_image(ANATOMICAL)
+    (line,) = ood.check_scan(array, meta, "mr", bundled, TASKS)
+    assert "spacing 2.00x2.00x2.00 mm" in line and "field of view 66x82x50 mm" in line
+
+
+@pytest.mark.slow  # the bundled model on the CPU: about a minute on a busy 2-core machine
 def test_whole_brain_scan_on_the_hippocampus_model_warns_once(tmp_path: Path):
     if not ANATOMICAL.is_file():
         pytest.skip(f"nibabel's test file {ANATOMICAL} is not installed")
