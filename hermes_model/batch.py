@@ -236,7 +236,11 @@ def _skipped_report(case: str, path: Path, legend: dict[str, Any]) -> CaseReport
         for entry in legend.get("labels", [])
     ]
     volumes = {str(r["task"]): float(r["volume_ml"] or 0.0) for r in rows}
-    return CaseReport(case, str(path), "skipped", "finished earlier", volumes_ml=volumes, rows=rows)
+    return CaseReport(
+        case, str(path), "skipped", "finished earlier", volumes_ml=volumes, rows=rows,
+        warnings=[str(w) for w in legend.get("warnings", [])],
+        out_of_distribution=[str(w) for w in legend.get("out_of_distribution", [])],
+    )  # fmt: skip
 
 
 def write_case(

@@ -171,8 +171,8 @@ th[aria-sort=ascending] button::after{content:" \\25B2"}
 th[aria-sort=descending] button::after{content:" \\25BC"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.thumb img{display:block;background:#000;max-width:260px;height:auto}
-td.warn div{color:#8a5a00;max-width:28em}
-td.reason{color:#a00;max-width:28em}
+td.warn{min-width:18em;max-width:30em}td.warn div{color:#8a5a00}
+td.reason{color:#a00;min-width:14em;max-width:30em}
 .status.failed{color:#a00;font-weight:600}.status.done{color:#070}.status.skipped{color:#777}
 .none{color:#999}
 tr.hidden{display:none}

@@ -169,10 +169,10 @@ def replace_metadata(
     document that is not JSON-serialisable.
     """
     from safetensors import safe_open
-    from safetensors.numpy import save_file
+    from safetensors.torch import save_file  # torch keeps bfloat16, which numpy has not
 
     read_metadata(source)  # the usual checks and messages
-    with safe_open(str(source), framework="np") as handle:
+    with safe_open(str(source), framework="pt") as handle:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     try:
         text = json.dumps(doc, sort_keys=True)

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
+import torch
 from safetensors import safe_open
 
 from hermes_model import ood
@@ -23,9 +23,18 @@ from hermes_model.training.cards import load_card
 from hermes_model.weights import read_metadata, replace_metadata, sha256_file
 
 
-def _tensors(path: Path) -> dict[str, np.ndarray]:
-    with safe_open(str(path), framework="np") as handle:
-        return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+def _tensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+    """Each tensor's dtype, shape and raw bytes."""
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    return {
+        key: (
+            str(t.dtype),
+            tuple(t.shape),
+            t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(),
+        )
+        for key, t in tensors.items()
+    }
 
 
 def main() -> None:
@@ -53,13 +62,7 @@ def main() -> None:
         args.checkpoint, args.out or args.checkpoint, {**doc, ood.KEY: statistics}
     )
     after = _tensors(out)
-    same = before.keys() == after.keys() and all(
-        before[k].dtype == after[k].dtype
-        and before[k].shape == after[k].shape
-        and before[k].tobytes() == after[k].tobytes()
-        for k in before
-    )
-    if not same:
+    if before != after:
         sys.exit(f"{out}: tensors changed while rewriting the metadata; do not use this file")
     print(f"{out}  {len(after)} tensors bit-identical  sha256 {sha256_file(out)}")
 
