@@ -22,6 +22,7 @@ meta header are referenced by the file meta UIDs.
 from __future__ import annotations
 
 import io as stdio
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -302,7 +303,9 @@ def rtstruct_bytes(segments: Sequence[Segment], sources: list[Any], meta: ImageM
 
     if not segments:
         raise ConfigError("no tasks to write into the RTSTRUCT; request at least one task")
-    dataset = ds_helper.create_rtstruct_dataset(sources)
+    with warnings.catch_warnings():  # rt-utils sets pydicom's deprecated encoding flags
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dataset = ds_helper.create_rtstruct_dataset(sources)
     frame = sources[0].FrameOfReferenceUID
     for n, segment in enumerate(segments, start=1):
         roi = ROIData(
