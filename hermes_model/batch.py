@@ -8,7 +8,9 @@ becomes one line in the report and the batch goes on.
 Outputs per case (every file written atomically; the JSON legend last, so that its presence
 means the case is complete):
 
-    DIR/<case>.nii.gz                       label map on the input's exact grid
+    DIR/<case>.nii.gz                       label map on the input's exact grid   (format nifti)
+    DIR/<case>_seg.dcm                      DICOM SEG, one segment per task   (format dicom-seg)
+    DIR/<case>_rtstruct.dcm                 RT Structure Set, one ROI per task (format rtstruct)
     DIR/<case>.json                         legend: value -> task, volumes, modality, weights
     DIR/<case>/<task>.nii.gz                one uint8 mask per task            (split)
     DIR/<case>/<task>_probability.nii.gz    float32 probability, float16 precision  (probabilities)
@@ -40,10 +42,12 @@ from hermes_model.io import (
     ImageMeta,
     case_name,
     find_images,
+    is_dicom_case,
     read_image,
     write_bytes_atomically,
     write_image,
 )
+from hermes_model.ood import check_scan
 
 __all__ = [
     "BatchOptions",
@@ -77,6 +81,8 @@ class BatchOptions:
         shard: ``(index, count)``, 0-based index: process every count-th case from index.
         engine: what runs the network (``hermes_model.engines``): auto, torch, openvino, compile.
         norm_region: z-score region override (``volume``/``body``); None: the weights' own.
+        formats: label-map formats, any of ``dicom_out.FORMATS`` (DICOM ones need DICOM input).
+        report: an HTML page for the batch (``hermes_model.report``), thumbnails beside it.
     """
 
     output_dir: Path
@@ -96,6 +102,8 @@ class BatchOptions:
     shard: tuple[int, int] | None = None
     engine: str = "auto"
     norm_region: str | None = None
+    formats: tuple[str, ...] = ("nifti",)
+    report: Path | None = None
 
 
 @dataclass
@@ -115,6 +123,8 @@ class CaseReport:
     rows: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     error: BaseException | None = field(default=None, repr=False)
+    #: :func:`hermes_model.ood.check_scan` lines (also in ``warnings``).
+    out_of_distribution: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -230,7 +240,11 @@ def _skipped_report(case: str, path: Path, legend: dict[str, Any]) -> CaseReport
         for entry in legend.get("labels", [])
     ]
     volumes = {str(r["task"]): float(r["volume_ml"] or 0.0) for r in rows}
-    return CaseReport(case, str(path), "skipped", "finished earlier", volumes_ml=volumes, rows=rows)
+    return CaseReport(
+        case, str(path), "skipped", "finished earlier", volumes_ml=volumes, rows=rows,
+        warnings=[str(w) for w in legend.get("warnings", [])],
+        out_of_distribution=[str(w) for w in legend.get("out_of_distribution", [])],
+    )  # fmt: skip
 
 
 def write_case(
@@ -239,18 +253,25 @@ def write_case(
     result: Any,
     image: np.ndarray,
     options: BatchOptions,
+    out_of_distribution: Sequence[str] = (),
 ) -> list[Path]:
     """Write one case's outputs (module docstring), the JSON legend last. Returns the paths.
 
     ``result`` is a :class:`hermes_model.inference.SegmentationResult`; ``image`` the input
-    array (for the preview).
+    array (for the preview); ``out_of_distribution`` the scan's :func:`ood.check_scan` lines
+    (also among ``result.warnings``), kept apart in the legend.
     """
     from hermes_model import postprocess
+    from hermes_model.dicom_out import case_outputs
 
     folder = options.output_dir
     meta: ImageMeta = result.meta
+    dicom = case_outputs(case, result, folder, options.formats)  # built first: may fail
     labels = result.labels()
-    written = [write_image(labels, meta, folder / f"{case}.nii.gz")]
+    written = []
+    if "nifti" in options.formats:
+        written.append(write_image(labels, meta, folder / f"{case}.nii.gz"))
+    written += [write_bytes_atomically(path, payload) for path, payload in dicom]
     stems = postprocess.task_file_stems(result.task_ids)
     files: dict[str, str] = {}
     for task in result.task_ids:
@@ -264,7 +285,14 @@ def write_case(
     if options.preview:
         png = postprocess.preview_png(image, meta.affine, labels, result)
         written.append(write_bytes_atomically(folder / f"{case}.png", png))
+    if options.report is not None:
+        from hermes_model.report import images_dir, thumbnail_png
+
+        thumbnail = images_dir(options.report) / f"{case}.png"
+        written.append(write_bytes_atomically(thumbnail, thumbnail_png(image, labels, result)))
     legend = postprocess.legend(result, input_file, files)
+    legend["outputs"] = [str(p.relative_to(folder)) for p in written if p.is_relative_to(folder)]
+    legend["out_of_distribution"] = list(out_of_distribution)
     text = json.dumps(legend, indent=2) + "\n"
     written.append(write_bytes_atomically(folder / f"{case}.json", text.encode()))
     return written
@@ -302,6 +330,10 @@ def _plan(inputs: Sequence[str | Path], options: BatchOptions) -> list[Path]:
     if options.modality is not None:
         registry.normalize_modality(options.modality)
     cases = find_images(inputs)
+    from hermes_model.dicom_out import check_dicom_input
+
+    for path in cases:  # before any work: a DICOM format for a non-DICOM input is one line
+        check_dicom_input(str(path), is_dicom_case(path), options.formats)
     names: dict[str, Path] = {}
     for path in cases:
         other = names.setdefault(case_name(path), path)
@@ -314,6 +346,10 @@ def _plan(inputs: Sequence[str | Path], options: BatchOptions) -> list[Path]:
     if options.shard is not None:
         cases = shard_cases(cases, *options.shard)
     check_output_dir(options.output_dir)
+    if options.report is not None:
+        from hermes_model.report import check_report_path
+
+        check_report_path(options.report)
     return cases
 
 
@@ -359,7 +395,12 @@ def segment_files(
         ThreadPoolExecutor(1, "hermes-write") as writer,
     ):
         _Pipeline(segmenter, options, observer, reader, writer, stats, reports).run(todo)
-    return BatchReport(reports, dict(getattr(segmenter, "weights", {})))
+    batch = BatchReport(reports, dict(getattr(segmenter, "weights", {})))
+    if options.report is not None:
+        from hermes_model.report import write_report
+
+        write_report(batch, options.report)
+    return batch
 
 
 class _StatsWriter:
@@ -425,6 +466,9 @@ class _Pipeline:
             failed.set_result(_failure(case, path, error, time.perf_counter() - start))
             return failed
         result.timings["read"] = read_seconds
+        metadata = getattr(getattr(self.segmenter, "model", None), "metadata", None) or {}
+        unlike = check_scan(array, meta, result.modality, metadata, result.task_ids)
+        result.warnings.extend(unlike)
         result = result.to("cpu")  # frees the device for the next case; the writer is CPU-only
         compute = time.perf_counter() - start
 
@@ -432,13 +476,13 @@ class _Pipeline:
             from hermes_model.postprocess import stats_rows
 
             begin = time.perf_counter()
-            outputs = write_case(case, str(path), result, array, self.options)
+            outputs = write_case(case, str(path), result, array, self.options, unlike)
             result.timings["write"] = time.perf_counter() - begin
             return CaseReport(
                 case, str(path), "done", seconds=compute + result.timings["write"],
                 outputs=outputs, volumes_ml=dict(result.volumes_ml),
                 warnings=list(result.warnings), rows=stats_rows(case, result, str(path)),
-                timings=dict(result.timings),
+                timings=dict(result.timings), out_of_distribution=list(unlike),
             )  # fmt: skip
 
         return self.writer.submit(_guard(write, lambda e: _failure(case, path, e, compute)))

@@ -33,6 +33,8 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from hermes_model.errors import InputError, OutputError
+from hermes_model.io_dicom import _dicom_info, _is_dicom_file, _read_dicom, _series_uid_of
+from hermes_model.io_formats import NIBABEL_SUFFIXES, check_claimed_size, read_nibabel
 
 __all__ = [
     "ImageMeta",
@@ -41,13 +43,15 @@ __all__ = [
     "write_bytes_atomically",
     "find_images",
     "case_name",
+    "is_dicom_case",
     "NIFTI_SUFFIXES",
     "ITK_SUFFIXES",
+    "NIBABEL_SUFFIXES",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = {".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "mha", ".mhd": "mha"}
-_IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, *ITK_SUFFIXES)
+_IMAGE_SUFFIXES = (*NIFTI_SUFFIXES, *ITK_SUFFIXES, *NIBABEL_SUFFIXES)
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # Raw NIfTI-1 header fields that fix the geometry; copied verbatim so that output = input geometry.
 _NIFTI_GEOMETRY_FIELDS = (
@@ -138,8 +142,9 @@ def read_image(path: str | Path, series_uid: str | None = None) -> tuple[np.ndar
     """Read a 3D image and its geometry.
 
     Args:
-        path: a ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr``, ``.mha``/``.mhd`` file, a folder of
-            DICOM files, or one DICOM file (its series is read from the file's folder).
+        path: a ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr``, ``.mha``/``.mhd``, FreeSurfer
+            ``.mgz``/``.mgh``, Analyze or NIfTI-pair ``.hdr``/``.img``, MINC ``.mnc`` file, a
+            folder of DICOM files, or one DICOM file (its series is read from the file's folder).
         series_uid: the DICOM series to read when the folder holds several; by default the one
             with the most slices.
 
@@ -148,7 +153,9 @@ def read_image(path: str | Path, series_uid: str | None = None) -> tuple[np.ndar
         or float32 (float64 data and NIfTI scl_slope/scl_inter scaling give float32).
 
     Raises:
-        InputError: missing, unreadable, corrupt, 2D/4D or geometrically invalid image.
+        InputError: missing, unreadable, corrupt, 2D/4D or geometrically invalid image, or a
+            header that claims more than ``io_formats.MAX_VOXELS`` voxels (refused before any
+            allocation).
     """
     path = Path(path)
     if not path.exists():
@@ -161,11 +168,14 @@ def read_image(path: str | Path, series_uid: str | None = None) -> tuple[np.ndar
     suffix = path.suffix.lower()
     if suffix in ITK_SUFFIXES:
         return _read_itk(path, ITK_SUFFIXES[suffix])
+    if suffix in NIBABEL_SUFFIXES:
+        return read_nibabel(path, NIBABEL_SUFFIXES[suffix])
     if _is_dicom_file(path):
         return _read_dicom(path.parent, series_uid or _series_uid_of(path))
     raise InputError(
         f"{path}: unsupported file type {suffix or '(no suffix)'!r}; use NIfTI (.nii, .nii.gz), "
-        "NRRD (.nrrd), MetaImage (.mha, .mhd) or a folder of DICOM files"
+        "NRRD (.nrrd), MetaImage (.mha, .mhd), FreeSurfer (.mgz, .mgh), Analyze (.hdr + .img), "
+        "MINC (.mnc) or a folder of DICOM files"
     )
 
 
@@ -259,10 +269,12 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
             f"{source}: not a readable NIfTI file ({_one_line(error)}); check that it is a "
             "complete .nii/.nii.gz image (re-download or re-export it)"
         ) from error
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+    if not isinstance(img, nib.Nifti1Pair | nib.Nifti2Pair):  # Nifti1Image is a Nifti1Pair
         raise InputError(f"{source}: not a NIfTI image; re-export it as .nii.gz")
     header = img.header
-    shape = _check_spatial_shape(tuple(int(n) for n in img.shape), source)
+    claimed = tuple(int(n) for n in img.shape)
+    check_claimed_size(claimed, np.dtype(header.get_data_dtype()).itemsize, source)
+    shape = _check_spatial_shape(claimed, source)
     _check_raw_pixdim(path, header)
     try:
         affine = _nifti_affine_mm(header)
@@ -288,7 +300,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
     else:
         array = _as_float32_if_float(raw)
     fields = {}
-    if isinstance(header, nib.Nifti1Header) and not isinstance(img, nib.Nifti2Image):
+    if isinstance(header, nib.Nifti1Header) and not isinstance(img, nib.Nifti2Pair):
         fields = {name: np.array(header[name]) for name in _NIFTI_GEOMETRY_FIELDS}
     meta = ImageMeta.from_affine(
         affine,
@@ -419,6 +431,10 @@ def _read_itk(path: Path, fmt: str) -> tuple[np.ndarray, ImageMeta]:
     if problem:
         raise InputError(f"{source}: {problem}; fix the spacing/direction fields of the header")
     try:
+        info = sitk.ImageFileReader()
+        info.SetFileName(source)
+        info.ReadImageInformation()
+        check_claimed_size(info.GetSize(), 1, source)
         image = sitk.ReadImage(source)
     except _ITK_ERRORS as error:
         raise InputError(
@@ -427,112 +443,6 @@ def _read_itk(path: Path, fmt: str) -> tuple[np.ndarray, ImageMeta]:
         ) from error
     _, meta = _itk_meta(image, source, fmt)
     return _itk_array(image), meta
-
-
-def _is_dicom_file(path: Path) -> bool:
-    """True for a file with the DICOM preamble ("DICM" at byte 128) or a .dcm suffix."""
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def _series_uid_of(path: Path) -> str:
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except _ITK_ERRORS as error:
-        raise InputError(
-            f"{path}: unreadable DICOM file ({_one_line(error)}); pass the series folder instead"
-        ) from error
-    return reader.GetMetaData("0020|000e").strip() if reader.HasMetaDataKey("0020|000e") else ""
-
-
-def _read_dicom(folder: Path, series_uid: str | None) -> tuple[np.ndarray, ImageMeta]:
-    import SimpleITK as sitk
-
-    source = str(folder)
-    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    if not entries:
-        raise InputError(f"{source}: empty folder; pass an image file or a folder of DICOM slices")
-    series = {
-        uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(source, uid)
-        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(source)
-    }
-    if not series:
-        raise InputError(
-            f"{source}: folder without DICOM files ({len(entries)} other entries); pass an image "
-            "file (.nii.gz, .nrrd, .mha) or a folder that holds the DICOM slices of one series"
-        )
-    if series_uid is None:
-        series_uid = max(series, key=lambda uid: len(series[uid]))
-    elif series_uid not in series:
-        listed = ", ".join(f"{uid or '(empty UID)'} ({len(f)} files)" for uid, f in series.items())
-        raise InputError(
-            f"{source}: no DICOM series {series_uid!r} here; available series: {listed}"
-        )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(series[series_uid])
-    reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        image = reader.Execute()
-    except _ITK_ERRORS as error:
-        raise InputError(
-            f"{source}: DICOM series cannot be read ({_one_line(error)}); check that all files "
-            "are complete, or convert the series with dcm2niix"
-        ) from error
-    has_tag = reader.HasMetaDataKey(0, "0008|0060")
-    tag = reader.GetMetaData(0, "0008|0060").strip() if has_tag else ""
-    _, meta = _itk_meta(
-        image, source, "dicom", modality_tag=tag.upper() or None, series_uid=series_uid
-    )
-    _check_slice_positions(reader, meta, source)
-    return _itk_array(image), meta
-
-
-def _check_slice_positions(reader: Any, meta: ImageMeta, source: str) -> None:
-    """Refuse series whose slices do not sit on the regular grid ITK assumes.
-
-    ITK builds one regular grid from the first slice's orientation and position and one slice
-    step; missing slices, uneven steps or gantry tilt would put every later slice in the wrong
-    place. Each file's ImagePositionPatient must lie within 0.1 voxel of its grid position.
-    """
-    count = len(reader.GetFileNames())
-    key = "0020|0032"
-    if count < 2 or not all(reader.HasMetaDataKey(n, key) for n in range(count)):
-        return
-    try:
-        lps = np.array(
-            [[float(v) for v in reader.GetMetaData(n, key).split("\\")] for n in range(count)]
-        )
-    except ValueError:
-        return
-    world = lps @ _LPS_TO_RAS  # diag matrix: same as applying it to each row
-    expected = meta.affine[:3, 3] + np.outer(np.arange(count), meta.affine[:3, 2])
-    error = world - expected
-    along = error @ meta.direction[:, 2]
-    across = np.linalg.norm(error - np.outer(along, meta.direction[:, 2]), axis=1)
-    tolerance = max(0.01, 0.1 * min(meta.spacing))
-    if across.max() > tolerance:
-        raise InputError(
-            f"{source}: slices drift sideways by up to {across.max():.2f} mm from a regular grid "
-            "(gantry tilt or a sheared series); resample it to a regular grid first (e.g. "
-            "dcm2niix, which corrects gantry tilt) and pass the NIfTI file"
-        )
-    if np.abs(along).max() > tolerance:
-        steps = np.diff(world @ meta.direction[:, 2])
-        raise InputError(
-            f"{source}: uneven slice spacing ({steps.min():.3g} to {steps.max():.3g} mm; missing "
-            "or duplicate slices, or several acquisitions in one series); export a complete "
-            "single-acquisition series, or pick one with series_uid/--series"
-        )
 
 
 def write_image(
@@ -643,51 +553,86 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(_IMAGE_SUFFIXES)
 
 
+def _analyze_header(path: Path) -> Path:
+    """An Analyze/NIfTI-pair ``.img`` stands for its ``.hdr`` (one case, not two)."""
+    if path.suffix.lower() != ".img":
+        return path
+    for header in (path.with_suffix(".hdr"), path.with_suffix(".HDR")):
+        if header.is_file():
+            return header
+    return path
+
+
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
     """Expand files and folders into cases, one path per image to segment.
 
     A folder that directly holds DICOM files is one case. Any other folder gives its supported
-    image files (NIfTI, NRRD, MHA/MHD; sorted by name, hidden files skipped) plus its direct
-    sub-folders that hold DICOM files. A DICOM file stands for its folder. Duplicates are dropped.
+    image files (NIfTI, NRRD, MHA/MHD, MGH/MGZ, Analyze ``.hdr``, MINC; sorted by name, hidden
+    files skipped) plus its direct sub-folders that hold DICOM files. A DICOM file stands for its
+    series (several files of one series give one case). Duplicates are dropped.
 
     Raises InputError for a missing path or a folder without images.
     """
     cases: list[Path] = []
+    series_seen: set[tuple[Path, str]] = set()
     for path in (Path(p) for p in paths):
         if not path.exists():
             raise InputError(f"{path}: no such file or folder; check the path")
         if path.is_file():
             if _is_image_file(path):
-                cases.append(path)
+                cases.append(_analyze_header(path))
             elif _is_dicom_file(path):
-                cases.append(path.parent)
+                key = (path.resolve().parent, _dicom_info(path).get("uid", ""))
+                if key not in series_seen:
+                    series_seen.add(key)
+                    cases.append(path)
             else:
                 raise InputError(
-                    f"{path}: unsupported file type; use .nii.gz, .nii, .nrrd, .mha, .mhd or a "
-                    "DICOM folder"
+                    f"{path}: unsupported file type; use .nii.gz, .nii, .nrrd, .mha, .mhd, .mgz, "
+                    ".mgh, .hdr/.img, .mnc or a DICOM file or folder"
                 )
         elif _is_dicom_folder(path):
             cases.append(path)
         else:
             children = sorted(p for p in path.iterdir() if not p.name.startswith("."))
-            found = [p for p in children if _is_image_file(p)]
+            found = [_analyze_header(p) for p in children if _is_image_file(p)]
             found += [p for p in children if p.is_dir() and _is_dicom_folder(p)]
             if not found:
                 raise InputError(
                     f"{path}: no images in this folder; it should hold .nii.gz/.nii/.nrrd/.mha/"
-                    ".mhd files, DICOM files, or sub-folders of DICOM series"
+                    ".mhd/.mgz/.mgh/.hdr/.mnc files, DICOM files, or sub-folders of DICOM series"
                 )
-            cases.extend(sorted(found))
+            cases.extend(sorted(set(found)))
+    folders = {p for p in cases if p.is_dir()}
+    # A DICOM file whose folder is itself a case would segment the same series twice.
+    cases = [p for p in cases if p.is_dir() or _is_image_file(p) or p.parent not in folders]
     return list(dict.fromkeys(cases))
 
 
+def is_dicom_case(path: str | Path) -> bool:
+    """True for a case of :func:`find_images` that is a DICOM series (a folder or one file)."""
+    path = Path(path)
+    return path.is_dir() or (not _is_image_file(path) and _is_dicom_file(path))
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
 def case_name(path: str | Path) -> str:
-    """The case's name: file name without its image suffix; a DICOM folder's own name."""
+    """The case's name: file name without its image suffix; a DICOM folder's own name.
+
+    One DICOM file names its series: ``<SeriesDescription>_s<SeriesNumber>`` (characters other
+    than letters, digits, ``.``, ``_``, ``-`` become ``_``), else the SeriesInstanceUID, else
+    the file name.
+    """
     path = Path(path)
     lower = path.name.lower()
     for suffix in _IMAGE_SUFFIXES:
         if lower.endswith(suffix) and len(lower) > len(suffix):
             return path.name[: -len(suffix)]
     if path.is_file() and _is_dicom_file(path):
-        return path.resolve().parent.name
+        info = _dicom_info(path)
+        parts = [info.get("description", ""), f"s{info['number']}" if info.get("number") else ""]
+        name = _UNSAFE.sub("_", "_".join(p for p in parts if p)).strip("_.")
+        return name or info.get("uid") or path.stem
     return path.name

@@ -32,6 +32,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "read_metadata",
+    "replace_metadata",
     "sha256_file",
 ]
 
@@ -157,6 +158,36 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"(reads up to {FORMAT_VERSION}); upgrade hermes-seg"
         )
     return doc
+
+
+def replace_metadata(
+    source: str | os.PathLike[str], target: str | os.PathLike[str], doc: dict[str, Any]
+) -> Path:
+    """Copy a checkpoint with new metadata ``doc``; every tensor keeps its dtype and bytes.
+
+    Written atomically; ``target`` may be ``source``. Raises WeightsError for a bad file or a
+    document that is not JSON-serialisable.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file  # torch keeps bfloat16, which numpy has not
+
+    read_metadata(source)  # the usual checks and messages
+    with safe_open(str(source), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    try:
+        text = json.dumps(doc, sort_keys=True)
+    except TypeError as error:
+        raise WeightsError(f"checkpoint metadata is not JSON-serialisable: {error}") from error
+    target = Path(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={_KEY: text})
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 def load_checkpoint(

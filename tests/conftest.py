@@ -197,3 +197,24 @@ def _engine_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     import os
 
     os.environ["HERMES_CACHE_DIR"] = str(tmp_path_factory.mktemp("hermes-cache"))
+
+
+def copy_ct_series_with_uids(target: Path) -> Path:
+    """The shared TotalSegmentator CT series copied to ``target`` with the SOP, study and series
+    UIDs that its anonymiser blanked restored (SOP UIDs from the file meta header) and its JPEG
+    2000 pixels decompressed; geometry and voxel values are unchanged. Skips when absent."""
+    import pydicom
+
+    source = DATA_DIR / "totalsegmentator" / "example_ct_dicom"
+    if not source.is_dir():
+        pytest.skip(f"real data {source} is absent (expected ../shared/data)")
+    target.mkdir(parents=True)
+    study, series = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    for path in sorted(source.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.decompress()
+        ds.save_as(target / path.name)
+    return target

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 
 Inputs = Annotated[
     list[Path],
-    typer.Argument(help="Scans: NIfTI/NRRD/MHA files, DICOM series folders, or folders of scans."),
+    typer.Argument(
+        help="Scans: NIfTI/NRRD/MHA/MGZ/Analyze (.hdr)/MINC files, DICOM series folders or "
+        "files, or folders of scans."
+    ),
 ]
 Output = Annotated[
     Path, typer.Option("--output", "-o", help="Output folder (created if missing). Required.")
@@ -132,6 +135,25 @@ Shard = Annotated[
         "). Default: all cases. For many GPUs or nodes without coordination."
     ),
 ]
+Formats = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--format",
+        help="Label-map format: nifti (DIR/<case>.nii.gz), dicom-seg (DIR/<case>_seg.dcm) or "
+        "rtstruct (DIR/<case>_rtstruct.dcm, for RT planning); repeat or comma-separate for "
+        "several. Default nifti. The DICOM ones need DICOM-series input and hermes-seg[dicom]; "
+        "each adds about a second per case.",
+    ),
+]
+Report = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        help="Write one HTML page for the batch (FILE.html; thumbnails in FILE_files/ beside "
+        "it): a sortable row per case with volumes, modality, warnings, seconds, failures. "
+        "Default: none; costs a small preview per case.",
+    ),
+]
 Tta = Annotated[
     bool,
     typer.Option(
@@ -195,6 +217,9 @@ def _summary(report: BatchReport) -> Table:
                 f"{task.split('/')[-1]} {ml:.1f}" for task, ml in case.volumes_ml.items()
             )
         )
+        if case.out_of_distribution:  # one line: the scan is unlike the training data
+            first = case.out_of_distribution[0].split(": ", 1)[-1]
+            detail += f"\n[yellow]warning: {first}[/]"
         style = {"failed": "red", "skipped": "dim"}.get(case.status, "green")
         table.add_row(case.case, f"[{style}]{case.status}[/]", f"{case.seconds:.1f}", detail)
     return table
@@ -207,11 +232,13 @@ def segment_command(
     probabilities: Probabilities = False, stats: Stats = None, preview: Preview = False,
     skip_existing: SkipExisting = False, shard: Shard = None, tta: Tta = False,
     engine: Engine = EngineChoice.AUTO,  # type: ignore[attr-defined]
-    norm_region: NormRegion = None, debug: DebugOption = False,
+    norm_region: NormRegion = None, formats: Formats = None, report_page: Report = None,
+    debug: DebugOption = False,
 ) -> None:  # fmt: skip
     """Segment CT/MR scans: a label map + JSON legend per case, optional masks, stats, previews."""
     with handle_errors(debug):
         from hermes_model.batch import BatchOptions, parse_shard, segment_files
+        from hermes_model.dicom_out import parse_formats
 
         options = BatchOptions(
             output_dir=output, tasks=[tasks] if tasks else None,
@@ -220,7 +247,7 @@ def segment_command(
             batch_size=batch_size, split=split, probabilities=probabilities, preview=preview,
             stats=stats, skip_existing=skip_existing,
             shard=parse_shard(shard) if shard else None, engine=engine.value,
-            norm_region=norm_region,
+            norm_region=norm_region, formats=parse_formats(formats), report=report_page,
         )  # fmt: skip
         bars = _Bars(debug)
         with bars.progress:
