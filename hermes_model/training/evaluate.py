@@ -7,6 +7,9 @@ Two entry points:
   ``hermes segment``: same preprocessing, sliding window, task groups and restoration to the
   input grid) and score each task's mask against the card's labels.
 
+Partial annotation (a card's ``[annotated]``): a task is scored only on the cases that annotate
+it; the per-task ``cases`` count says on how many.
+
 Empty masks are counted, not hidden: per task the report gives how many cases had both masks
 empty (Dice 1, HD95 0, surface Dice 1, by ``metrics``' convention), a prediction where the
 ground truth is empty (``false_positive``: Dice 0, HD95 inf) and an empty prediction where the
@@ -29,6 +32,7 @@ import numpy as np
 
 from hermes_model.errors import InputError, TaskError
 from hermes_model.metrics import evaluate_case
+from hermes_model.training.annotation import is_annotated
 
 __all__ = [
     "CaseResult",
@@ -213,6 +217,7 @@ def evaluate_predictions(
     label_values: Mapping[int, str] | None = None,
     *,
     tolerance_mm: float = 1.0,
+    annotated: Mapping[str, frozenset[str]] | None = None,
     progress: Progress | None = None,
 ) -> EvalReport:
     """Score predicted label maps against ground-truth label maps, matched by case name.
@@ -225,6 +230,8 @@ def evaluate_predictions(
             ground truth is taken to use the legend's values; without a legend either, every
             label value present is its own task (``label_<v>``).
         tolerance_mm: surface Dice tolerance.
+        annotated: case name -> the tasks it annotates (``annotation.annotated_tasks`` of a
+            card); a task is scored only on the cases that annotate it. Cases not in it: all.
         progress: called with (cases done, cases total).
 
     Raises InputError when no case matches or a pair is not on the same grid.
@@ -253,6 +260,8 @@ def evaluate_predictions(
         present = {int(v) for v in np.unique(gt)} | {int(v) for v in np.unique(pred)}
         pred_values, gt_values = _task_values(legend, label_values, present - {0})
         for task, values in gt_values.items():
+            if annotated is not None and not is_annotated(annotated.get(case), task):
+                continue
             mine = pred_values.get(task, [])
             rows.append(
                 _score(case, task, np.isin(pred, mine), np.isin(gt, values), gt_meta.spacing,
@@ -311,6 +320,8 @@ def evaluate_weights(
         result = segmenter.segment(case.image, tasks, card.modality, probabilities=False)
         gt, meta = read_image(case.label)
         for task in tasks:
+            if not is_annotated(case.annotated, task):
+                continue  # the case does not annotate it: not scored (see the card)
             gt_mask = np.isin(gt, values[task])
             rows.append(
                 _score(case.case_id, task, result.mask(task), gt_mask, meta.spacing, tolerance_mm)
