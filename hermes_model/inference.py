@@ -608,9 +608,15 @@ class Segmenter:
         timings: dict[str, float],
     ) -> SegmentationResult:
         from hermes_model import postprocess
+        from hermes_model.group_spacing import preprocess_for_groups
 
         clock = _Clock(self.device, timings)
-        prepared = prepare(array, meta, self.preprocess, modality, self.device)
+        runs = plan_groups(task_ids, modality, self.task_groups, self.model.task_ids)
+        # Each task group at the spacing it was trained at (checkpoint "group_spacing").
+        config = preprocess_for_groups(
+            self.preprocess, self.model.metadata, [r.group for r in runs]
+        )
+        prepared = prepare(array, meta, config, modality, self.device)
         clock.lap("prepare")
         grid = [
             max(n, w) for n, w in zip(prepared.image.shape[1:], self.settings.window, strict=True)
@@ -621,7 +627,6 @@ class Segmenter:
             self.device, math.prod(grid), math.prod(meta.shape), len(task_ids), forward,
             keep_probabilities,
         )  # fmt: skip
-        runs = plan_groups(task_ids, modality, self.task_groups, self.model.task_ids)
         index = self.model.modalities.index(modality)
         probs = sliding_window(
             self.model, prepared.image, runs, index, self.settings, plan.stitch_device, progress

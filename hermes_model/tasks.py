@@ -86,7 +86,7 @@ class Dataset:
         tasks: ordered task ids; label value ``i + 1`` of the dataset's label maps is ``tasks[i]``.
         role: ``upstream`` (the paper's 7 training datasets), ``downstream`` (transfer,
             incremental learning, generalisation) or ``local`` (data available in this project).
-        body_region: ``abdomen``, ``thorax`` or ``brain``.
+        body_region: ``abdomen``, ``thorax``, ``brain`` or ``head_neck``.
         cases: public labelled cases (CHAOS: image volumes, 20 patients x 3 MR sequences).
     """
 
@@ -151,6 +151,14 @@ _TASK_ROWS: tuple[tuple[str, str, str, str | None], ...] = (
     ("msd_pancreas/pancreas_tumor", "Pancreas tumour", "tumour", "msd_pancreas/pancreas"),
     ("hippocampus/anterior", "Hippocampus, anterior (head)", "organ", None),
     ("hippocampus/posterior", "Hippocampus, posterior (body and tail)", "organ", None),
+    # OpenKBP head-and-neck radiotherapy organs at risk (bundled-model work, issue 10).
+    ("openkbp/brainstem", "Brainstem", "organ", None),
+    ("openkbp/spinal_cord", "Spinal cord", "organ", None),
+    ("openkbp/parotid_right", "Right parotid gland", "organ", None),
+    ("openkbp/parotid_left", "Left parotid gland", "organ", None),
+    ("openkbp/esophagus", "Esophagus", "organ", None),
+    ("openkbp/larynx", "Larynx", "organ", None),
+    ("openkbp/mandible", "Mandible", "organ", None),
 )
 
 
@@ -233,6 +241,10 @@ _DATASETS: tuple[Dataset, ...] = (
             _labels("msd_pancreas", "pancreas", "pancreas_tumor"), "downstream", "abdomen", 281),
     Dataset("hippocampus", "MSD Task04 Hippocampus (cropped)", "mr",
             _labels("hippocampus", "anterior", "posterior"), "local", "brain", 260),
+    # Label value i + 1 of ../shared/data/openkbp is tasks[i] (its dataset.json order).
+    Dataset("openkbp", "OpenKBP head-and-neck CT, radiotherapy organs at risk", "ct",
+            _labels("openkbp", "brainstem", "spinal_cord", "parotid_right", "parotid_left",
+                    "esophagus", "larynx", "mandible"), "local", "head_neck", 279),
 )  # fmt: skip
 
 # --- Table 3: aliases -> preferred task per modality (None: no task for that modality).
@@ -268,6 +280,13 @@ _ALIAS_ROWS: tuple[tuple[tuple[str, ...], str | None, str | None], ...] = (
     (("spinal_cord",), "structseg/spinal_cord", None),
     (("hippocampus_anterior",), None, "hippocampus/anterior"),
     (("hippocampus_posterior",), None, "hippocampus/posterior"),
+    # OpenKBP (issue 10). ``esophagus`` and ``spinal_cord`` keep their rows above: with weights
+    # that have only openkbp/... tasks, resolve() falls back to the task with the same label.
+    (("brainstem", "brain_stem"), "openkbp/brainstem", None),
+    (("parotid_right", "right_parotid"), "openkbp/parotid_right", None),
+    (("parotid_left", "left_parotid"), "openkbp/parotid_left", None),
+    (("larynx",), "openkbp/larynx", None),
+    (("mandible",), "openkbp/mandible", None),
 )  # fmt: skip
 
 

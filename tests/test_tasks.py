@@ -84,7 +84,8 @@ def test_every_dataset_task_is_registered_and_every_task_has_a_dataset() -> None
     in_datasets = {t for d in tasks.all_datasets() for t in d.tasks}
     assert registered == in_datasets
     assert tasks.task_ids() == [t.id for t in tasks.all_tasks()]
-    assert len(tasks.task_ids()) == 50  # 42 upstream + SegTHOR 4 + MSD pancreas 2 + hippocampus 2
+    # 42 upstream + SegTHOR 4 + MSD pancreas 2 + hippocampus 2 + OpenKBP 7
+    assert len(tasks.task_ids()) == 57
 
 
 def test_task_fields() -> None:
