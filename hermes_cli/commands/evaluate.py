@@ -78,6 +78,7 @@ MaxCases = Annotated[
 # Choices come from the metric definitions; mypy cannot see the members.
 Hd95Choice = enum.Enum("Hd95Choice", {m: m for m in HD95_METHODS}, type=str)  # type: ignore[misc]
 NsdChoice = enum.Enum("NsdChoice", {m: m for m in NSD_METHODS}, type=str)  # type: ignore[misc]
+_HD95, _NSD = Hd95Choice(HD95_METHODS[0]), NsdChoice(NSD_METHODS[0])  # the defaults
 Hd95 = Annotated[
     Hd95Choice,
     typer.Option(
@@ -126,8 +127,8 @@ def _table(report: EvalReport) -> Table:
 def evaluate_command(
     weights: Weights = None, dataset: Dataset = None, split: Split = "val", pred: Pred = None,
     gt: Gt = None, json_out: JsonOut = None, csv_out: CsvOut = None, device: Device = "auto",
-    overlap: Overlap = 0.5, max_cases: MaxCases = 0, hd95: Hd95 = Hd95Choice.pooled,
-    nsd: Nsd = NsdChoice.area, tolerance_mm: Tolerance = 1.0, debug: DebugOption = False,
+    overlap: Overlap = 0.5, max_cases: MaxCases = 0, hd95: Hd95 = _HD95,
+    nsd: Nsd = _NSD, tolerance_mm: Tolerance = 1.0, debug: DebugOption = False,
 ) -> None:  # fmt: skip
     """Dice, HD95 and surface Dice per task: weights on a dataset split, or predictions vs truth.
 

@@ -105,10 +105,12 @@ class Batch:
         return self.task_mask & self.annotated
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
-        return Batch(**{
-            f.name: fn(v) if isinstance(v := getattr(self, f.name), torch.Tensor) else v
-            for f in dataclasses.fields(self)
-        })  # fmt: skip
+        """A copy with ``fn`` applied to every tensor field."""
+        return dataclasses.replace(
+            self, image=fn(self.image), targets=fn(self.targets), task_idx=fn(self.task_idx),
+            task_mask=fn(self.task_mask), modality_idx=fn(self.modality_idx),
+            annotated=fn(self.annotated),
+        )  # fmt: skip
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
