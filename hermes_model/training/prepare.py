@@ -50,7 +50,7 @@ class TrainingData:
     cards: tuple[DatasetCard, ...]
     train: tuple[CachedDataset, ...]
     val: tuple[CachedDataset, ...]
-    preprocess: tuple[PreprocessConfig, ...] = ()
+    preprocess: tuple[PreprocessConfig, ...]
 
     @property
     def group_spacing(self) -> dict[str, list[float]]:
