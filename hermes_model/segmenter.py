@@ -212,8 +212,14 @@ class Segmenter:
         progress: Progress | None,
         timings: dict[str, float],
     ) -> SegmentationResult:
+        from hermes_model.group_spacing import preprocess_for_groups
+
         clock = StageClock(self.device, timings)
-        prepared = prepare(array, meta, self.preprocess, modality, self.device)
+        runs = plan_groups(task_ids, modality, self.task_groups, self.model.task_ids)
+        # Each task group at the spacing it was trained at (checkpoint "group_spacing").
+        groups = [r.group for r in runs]
+        config = preprocess_for_groups(self.preprocess, self.model.metadata, groups)
+        prepared = prepare(array, meta, config, modality, self.device)
         clock.lap("prepare")
         grid = [
             max(n, w) for n, w in zip(prepared.image.shape[1:], self.settings.window, strict=True)
@@ -224,7 +230,6 @@ class Segmenter:
             self.device, math.prod(grid), math.prod(meta.shape), len(task_ids), forward,
             keep_probabilities,
         )  # fmt: skip
-        runs = plan_groups(task_ids, modality, self.task_groups, self.model.task_ids)
         index = self.model.modalities.index(modality)
         intensity = prepared.intensity
         background = background_threshold(

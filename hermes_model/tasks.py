@@ -214,6 +214,14 @@ _TASK_ROWS: tuple[tuple[str, str, str, str | None], ...] = (
     ("brain/white_matter", "White matter", "organ", None),
     ("brain/csf", "Cerebrospinal fluid", "organ", None),
     ("autopet/lesion", "FDG-avid lesion", "tumour", None),
+    # OpenKBP head-and-neck radiotherapy organs at risk (bundled-model work, issue 10).
+    ("openkbp/brainstem", "Brainstem", "organ", None),
+    ("openkbp/spinal_cord", "Spinal cord", "organ", None),
+    ("openkbp/parotid_right", "Right parotid gland", "organ", None),
+    ("openkbp/parotid_left", "Left parotid gland", "organ", None),
+    ("openkbp/esophagus", "Esophagus", "organ", None),
+    ("openkbp/larynx", "Larynx", "organ", None),
+    ("openkbp/mandible", "Mandible", "organ", None),
 )
 
 
@@ -306,6 +314,10 @@ _DATASETS: tuple[Dataset, ...] = (
             "mr-t1", _labels("brain", "grey_matter", "white_matter", "csf"), "released", "brain"),
     Dataset("autopet", "autoPET (FDG-PET lesions)", "pet", ("autopet/lesion",), "released",
             "whole_body", 1014),
+    # Label value i + 1 of ../shared/data/openkbp is tasks[i] (its dataset.json order).
+    Dataset("openkbp", "OpenKBP head-and-neck CT, radiotherapy organs at risk", "ct",
+            _labels("openkbp", "brainstem", "spinal_cord", "parotid_right", "parotid_left",
+                    "esophagus", "larynx", "mandible"), "local", "head_neck", 279),
 )  # fmt: skip
 
 # --- Table 3: aliases -> preferred task per modality (None: no task for that modality).
@@ -368,6 +380,11 @@ _ALIAS_ROWS: tuple[tuple[tuple[str, ...], str | None, str | None], ...] = (
     (("grey_matter", "gray_matter"), None, "brain/grey_matter"),
     (("white_matter",), None, "brain/white_matter"),
     (("csf", "cerebrospinal_fluid"), None, "brain/csf"),
+    # OpenKBP (issue 10). Where StructSeg H&N has the same structure (brainstem, parotids), the
+    # alias names the StructSeg task; weights that have only openkbp/... tasks resolve it to
+    # theirs, since resolve() falls back to the task of the weights with the same label.
+    (("larynx",), "openkbp/larynx", None),
+    (("mandible",), "openkbp/mandible", None),
 )  # fmt: skip
 
 #: Aliases whose only task is on PET (no CT or MR column above).

@@ -27,7 +27,7 @@ def test_tasks_table() -> None:
     assert result.exit_code == 0, result.output
     assert "amos/liver" in result.stdout
     assert "lits/liver_tumor" in result.stdout
-    assert "50 tasks" in result.stdout
+    assert "86 tasks" in result.stdout
 
 
 def test_tasks_modality_filter() -> None:

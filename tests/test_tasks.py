@@ -84,8 +84,9 @@ def test_every_dataset_task_is_registered_and_every_task_has_a_dataset() -> None
     in_datasets = {t for d in tasks.all_datasets() for t in d.tasks}
     assert registered == in_datasets
     assert tasks.task_ids() == [t.id for t in tasks.all_tasks()]
-    # 42 upstream + SegTHOR 4 + MSD pancreas 2 + hippocampus 2 + 29 of the released 71-task model
-    assert len(tasks.task_ids()) == 79
+    # 42 upstream + SegTHOR 4 + MSD pancreas 2 + hippocampus 2 + 29 of the released 71-task
+    # model + OpenKBP 7
+    assert len(tasks.task_ids()) == 86
 
 
 def test_task_fields() -> None:

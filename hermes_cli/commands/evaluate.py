@@ -7,6 +7,7 @@ draws progress on stderr and prints a table on stdout. torch is imported only wh
 
 from __future__ import annotations
 
+import enum
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from hermes_cli._common import DebugOption, err, fail, handle_errors, out
+from hermes_model.metric_definitions import DEFINITIONS, HD95_METHODS, NSD_METHODS
 
 if TYPE_CHECKING:
     from hermes_model.training.evaluate import EvalReport
@@ -73,13 +75,39 @@ MaxCases = Annotated[
                  "check, not a result."),
 ]  # fmt: skip
 
+# Choices come from the metric definitions; mypy cannot see the members.
+Hd95Choice = enum.Enum("Hd95Choice", {m: m for m in HD95_METHODS}, type=str)  # type: ignore[misc]
+NsdChoice = enum.Enum("NsdChoice", {m: m for m in NSD_METHODS}, type=str)  # type: ignore[misc]
+_HD95, _NSD = Hd95Choice(HD95_METHODS[0]), NsdChoice(NSD_METHODS[0])  # the defaults
+Hd95 = Annotated[
+    Hd95Choice,
+    typer.Option(
+        "--hd95",
+        help="HD95 definition. Default pooled = " + DEFINITIONS["hd95:pooled"] + "; max = "
+        + DEFINITIONS["hd95:max"] + ".",
+    ),
+]  # fmt: skip
+Nsd = Annotated[
+    NsdChoice,
+    typer.Option(
+        "--nsd",
+        help="Surface Dice definition. Default area = " + DEFINITIONS["surface_dice:area"]
+        + "; voxel = " + DEFINITIONS["surface_dice:voxel"] + ".",
+    ),
+]  # fmt: skip
+Tolerance = Annotated[
+    float,
+    typer.Option(help="Surface Dice tolerance in mm. Default 1.0; larger forgives more."),
+]
+
 
 def _table(report: EvalReport) -> Table:
     table = Table(
         title=f"{len(report.cases)} case(s): mean Dice {report.mean_dice:.4f}",
-        caption="HD95: mean over cases where it is finite (+n inf: a structure missed or "
-        "hallucinated). empty: both empty / false positive (truth empty) / missed (prediction "
-        "empty).",
+        caption=f"HD95 ({report.hd95_method}): mean over cases where it is finite (+n inf: a "
+        "structure missed or hallucinated). surf. Dice: "
+        f"{report.nsd_method}-weighted at {report.tolerance_mm:g} mm. cases: those that annotate "
+        "the task. empty: both empty / false positive (truth empty) / missed (prediction empty).",
         caption_justify="left",
     )
     table.add_column("task", no_wrap=True)
@@ -99,12 +127,20 @@ def _table(report: EvalReport) -> Table:
 def evaluate_command(
     weights: Weights = None, dataset: Dataset = None, split: Split = "val", pred: Pred = None,
     gt: Gt = None, json_out: JsonOut = None, csv_out: CsvOut = None, device: Device = "auto",
-    overlap: Overlap = 0.5, max_cases: MaxCases = 0, debug: DebugOption = False,
+    overlap: Overlap = 0.5, max_cases: MaxCases = 0, hd95: Hd95 = _HD95,
+    nsd: Nsd = _NSD, tolerance_mm: Tolerance = 1.0, debug: DebugOption = False,
 ) -> None:  # fmt: skip
-    """Dice, HD95 and surface Dice per task: weights on a dataset split, or predictions vs truth."""
+    """Dice, HD95 and surface Dice per task: weights on a dataset split, or predictions vs truth.
+
+    Definitions (named in the JSON report's "metrics"): Dice on voxels; HD95 pooled over both
+    directions (medpy, nnU-Net v1) or --hd95 max (MONAI); surface Dice area-weighted (DeepMind
+    surface-distance, MSD) or --nsd voxel (MONAI). A card's [annotated] limits each task to the
+    cases that annotate it.
+    """
     if (pred is None) != (gt is None) or (pred is None and dataset is None):
         fail("give --weights/--dataset [--split], or --pred DIR --gt DIR", 2)
     with handle_errors(debug):
+        from hermes_model.training.annotation import annotated_tasks
         from hermes_model.training.cards import load_card
         from hermes_model.training.evaluate import evaluate_predictions, evaluate_weights
 
@@ -116,12 +152,18 @@ def evaluate_command(
             bar.update(task, completed=done, total=total)
 
         with bar:
+            metric = {"tolerance_mm": tolerance_mm, "hd95_method": hd95.value,
+                      "nsd_method": nsd.value}  # fmt: skip
             if pred is not None and gt is not None:
-                labels = dict(load_card(dataset).labels) if dataset is not None else None
-                report = evaluate_predictions(pred, gt, labels, progress=advance)
+                card = load_card(dataset) if dataset is not None else None
+                labels = dict(card.labels) if card is not None else None
+                annotated = annotated_tasks(card) if card is not None else None
+                report = evaluate_predictions(pred, gt, labels, annotated=annotated,
+                                              progress=advance, **metric)  # fmt: skip
             elif dataset is not None:
                 report = evaluate_weights(weights, dataset, split, device=device, overlap=overlap,
-                                          max_cases=max_cases, progress=advance)  # fmt: skip
+                                          max_cases=max_cases, progress=advance,
+                                          **metric)  # fmt: skip
         out.print(_table(report))
         if report.missing:
             err.print(f"[yellow]warning:[/] {len(report.missing)} case(s) without a prediction: "

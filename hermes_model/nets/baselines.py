@@ -228,11 +228,15 @@ def load_text_embeddings(
         ) from error
     dim = next(iter(table.values())).shape[1]
     out = torch.full((len(task_ids), len(modalities), dim), float("nan"))
+    from hermes_model.tasks import modality_family
+
     for j, modality in enumerate(modalities):
-        if modality in table:
+        # An MR sequence row (mr-t2, mr-cine...) uses the MR prompt; PET has none.
+        source = modality if modality in table else modality_family(modality)
+        if source in table:
             for i, task in enumerate(task_ids):
                 if task in known:
-                    out[i, j] = table[modality][known[task]]
+                    out[i, j] = table[source][known[task]]
     return out
 
 

@@ -49,7 +49,8 @@ _DTYPES = {"float16": np.float16, "float32": np.float32}
 @dataclass(frozen=True)
 class CachedCase:
     """One prepared case. ``foreground_counts``: label value -> rows stored in ``foreground``
-    (every non-zero value present, whether or not the card maps it)."""
+    (every non-zero value present, whether or not the card maps it). ``annotated``: the task
+    ids the case annotates (card ``[annotated]``), None = all; not part of the cache key."""
 
     case_id: str
     image: Path
@@ -58,6 +59,7 @@ class CachedCase:
     shape: tuple[int, int, int]
     image_min: float
     foreground_counts: Mapping[int, int]
+    annotated: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ def build_cache(
         name=card.name,
         modality=card.modality,
         labels=dict(card.labels),
-        cases=tuple(_cached_case(folder, sidecars[c.case_id]) for c in cases),
+        cases=tuple(_cached_case(folder, sidecars[c.case_id], c.annotated) for c in cases),
         folder=folder,
     )
 
@@ -289,7 +291,9 @@ def _finished(folder: Path, case: Case) -> dict[str, Any] | None:
     return sidecar if all((folder / n).is_file() for n in names) else None
 
 
-def _cached_case(folder: Path, sidecar: Mapping[str, Any]) -> CachedCase:
+def _cached_case(
+    folder: Path, sidecar: Mapping[str, Any], annotated: frozenset[str] | None = None
+) -> CachedCase:
     case_id = sidecar["case_id"]
     d, h, w = (int(s) for s in sidecar["shape"])
     return CachedCase(
@@ -300,6 +304,7 @@ def _cached_case(folder: Path, sidecar: Mapping[str, Any]) -> CachedCase:
         shape=(d, h, w),
         image_min=float(sidecar["image_min"]),
         foreground_counts={int(k): int(v) for k, v in sidecar["foreground_counts"].items()},
+        annotated=annotated,
     )
 
 

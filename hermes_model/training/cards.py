@@ -13,6 +13,9 @@ A card is a small TOML file (``train/datasets/*.toml``) read into a frozen :clas
     [split]                            # exactly one of: fractions, file, lists, dataset_json
     fractions = { train = 0.8, val = 0.2 }
     seed = 0
+    [annotated]                        # optional: per-case annotated labels (partial labels)
+    file = "splits.json"               # see hermes_model.training.annotation
+    key = "contoured"
 
 Layouts:
 - ``msd``: ``dataset.json`` whose ``training`` list (or the lists named by ``json_lists``) gives
@@ -44,6 +47,7 @@ else:  # pragma: no cover - Python 3.10 needs the tomli backport
     import tomli as tomllib
 
 from hermes_model.errors import ConfigError, HermesError
+from hermes_model.training.annotation import AnnotationSpec, apply_annotation, parse_annotation
 
 __all__ = [
     "Case",
@@ -70,6 +74,7 @@ _CARD_KEYS = {
     "json_lists",
     "channel",
     "split",
+    "annotated",
 }
 _SPLIT_KEYS = {"fractions", "file", "fold", "lists", "dataset_json", "seed", "group"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -77,11 +82,13 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 @dataclass(frozen=True)
 class Case:
-    """One image/label pair of a dataset."""
+    """One image/label pair of a dataset. ``annotated``: the task ids this case annotates
+    (from the card's ``[annotated]``); None = every task of the dataset."""
 
     image: Path
     label: Path
     case_id: str
+    annotated: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,7 @@ class DatasetCard:
     json_lists: tuple[str, ...] = ("training",)
     channel: int = 0
     description: str = ""
+    annotated: AnnotationSpec | None = None
 
     @property
     def root(self) -> Path:
@@ -168,7 +176,7 @@ class DatasetCard:
                 + (f", include {self.include!r}" if self.include else "")
                 + "); check 'root', 'layout' and 'include'"
             )
-        return sorted(cases, key=lambda c: c.case_id)
+        return apply_annotation(self, sorted(cases, key=lambda c: c.case_id))
 
     def split_names(self) -> list[str]:
         """Names of the splits this card defines (plus ``all``)."""
@@ -288,6 +296,7 @@ def load_card(path: str | Path) -> DatasetCard:
         json_lists=tuple(str(v) for v in data.get("json_lists", ["training"])),
         channel=int(data.get("channel", 0)),
         description=str(data.get("description", "")),
+        annotated=parse_annotation(data.get("annotated"), source),
     )
 
 

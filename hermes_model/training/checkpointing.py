@@ -56,8 +56,19 @@ def save_weights(trainer: Trainer, name: str) -> Path:
         trainer.dir / name,
         preprocess=trainer.recipe.preprocess,
         task_groups=trainer.groups,
+        group_spacing=group_spacing(trainer),
         **checkpoint_metadata(trainer),
     )
+
+
+def group_spacing(trainer: Trainer) -> dict[str, list[float]]:
+    """Spacing (mm) of every task group written: the run's datasets as cached, the starting
+    weights' other groups as they recorded them (``group_spacing.spacing_for_group``)."""
+    from hermes_model.group_spacing import spacing_for_group
+
+    own = trainer.data.group_spacing
+    start: dict[str, Any] = getattr(trainer.start.model, "metadata", {}) if trainer.start else {}
+    return {g: own[g] if g in own else list(spacing_for_group(start, g)) for g in trainer.groups}
 
 
 def checkpoint(trainer: Trainer, position: int) -> None:

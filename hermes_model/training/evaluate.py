@@ -7,10 +7,17 @@ Two entry points:
   ``hermes segment``: same preprocessing, sliding window, task groups and restoration to the
   input grid) and score each task's mask against the card's labels.
 
+Partial annotation (a card's ``[annotated]``): a task is scored only on the cases that annotate
+it; the per-task ``cases`` count says on how many.
+
 Empty masks are counted, not hidden: per task the report gives how many cases had both masks
 empty (Dice 1, HD95 0, surface Dice 1, by ``metrics``' convention), a prediction where the
 ground truth is empty (``false_positive``: Dice 0, HD95 inf) and an empty prediction where the
-ground truth is not (``missed``: Dice 0, HD95 inf). The mean Dice is over all cases; the mean
+ground truth is not (``missed``: Dice 0, HD95 inf).
+
+Definitions (``metrics``): HD95 ``pooled`` (default, medpy / nnU-Net v1) or ``max`` (MONAI);
+surface Dice ``area`` (default, DeepMind surface-distance / MSD) or ``voxel`` (MONAI). The
+report names the ones used (``to_dict()["metrics"]``). The mean Dice is over all cases; the mean
 HD95 is over the cases where it is finite, next to the number of infinite ones.
 """
 
@@ -28,12 +35,14 @@ from typing import Any
 import numpy as np
 
 from hermes_model.errors import InputError, TaskError
-from hermes_model.metrics import evaluate_case
+from hermes_model.metrics import definitions, evaluate_case
+from hermes_model.training.annotation import is_annotated
 
 __all__ = [
     "CaseResult",
     "TaskSummary",
     "EvalReport",
+    "MetricOptions",
     "evaluate_predictions",
     "evaluate_weights",
     "CSV_FIELDS",
@@ -88,12 +97,15 @@ class EvalReport:
         source: what was compared (folders, or weights + card + split), as JSON-ready data.
         missing: ground-truth cases without a prediction (not scored).
         tolerance_mm: surface Dice tolerance.
+        hd95_method / nsd_method: the metric definitions used (``metrics.DEFINITIONS``).
     """
 
     rows: list[CaseResult]
     source: dict[str, Any] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     tolerance_mm: float = 1.0
+    hd95_method: str = "pooled"
+    nsd_method: str = "area"
 
     @property
     def tasks(self) -> list[str]:
@@ -135,6 +147,11 @@ class EvalReport:
         return {
             "source": self.source,
             "tolerance_mm": self.tolerance_mm,
+            "metrics": {
+                "hd95": self.hd95_method,
+                "surface_dice": self.nsd_method,
+                "definitions": definitions(self.hd95_method, self.nsd_method),
+            },
             "mean_dice": _finite(self.mean_dice),
             "tasks": [{k: _finite(v) for k, v in asdict(s).items()} for s in self.summary()],
             "missing": self.missing,
@@ -166,10 +183,26 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+@dataclass(frozen=True)
+class MetricOptions:
+    """How distances are scored: surface Dice tolerance (mm) and the two definitions."""
+
+    tolerance_mm: float = 1.0
+    hd95_method: str = "pooled"
+    nsd_method: str = "area"
+
+    def __post_init__(self) -> None:
+        definitions(self.hd95_method, self.nsd_method)  # ValueError naming the bad method
+
+
 def _score(
-    case: str, task: str, pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], tol: float
-) -> CaseResult:
-    values = evaluate_case(pred.astype(np.uint8), gt.astype(np.uint8), {task: 1}, spacing, tol)
+    case: str, task: str, pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
+    options: MetricOptions,
+) -> CaseResult:  # fmt: skip
+    values = evaluate_case(
+        pred.astype(np.uint8), gt.astype(np.uint8), {task: 1}, spacing, options.tolerance_mm,
+        hd95_method=options.hd95_method, nsd_method=options.nsd_method,
+    )  # fmt: skip
     m = values[task]
     return CaseResult(case, task, m["dice"], m["hd95"], m["surface_dice"], m["pred_ml"], m["gt_ml"])
 
@@ -213,7 +246,10 @@ def evaluate_predictions(
     label_values: Mapping[int, str] | None = None,
     *,
     tolerance_mm: float = 1.0,
+    annotated: Mapping[str, frozenset[str]] | None = None,
     progress: Progress | None = None,
+    hd95_method: str = "pooled",
+    nsd_method: str = "area",
 ) -> EvalReport:
     """Score predicted label maps against ground-truth label maps, matched by case name.
 
@@ -225,12 +261,16 @@ def evaluate_predictions(
             ground truth is taken to use the legend's values; without a legend either, every
             label value present is its own task (``label_<v>``).
         tolerance_mm: surface Dice tolerance.
+        hd95_method / nsd_method: ``metrics.HD95_METHODS`` / ``metrics.NSD_METHODS``.
+        annotated: case name -> the tasks it annotates (``annotation.annotated_tasks`` of a
+            card); a task is scored only on the cases that annotate it. Cases not in it: all.
         progress: called with (cases done, cases total).
 
     Raises InputError when no case matches or a pair is not on the same grid.
     """
     from hermes_model.io import case_name, find_images, read_image
 
+    options = MetricOptions(tolerance_mm, hd95_method, nsd_method)
     preds = {case_name(p): p for p in find_images([pred_dir])}
     gts = {case_name(p): p for p in find_images([gt_dir])}
     matched = sorted(set(preds) & set(gts))
@@ -253,16 +293,18 @@ def evaluate_predictions(
         present = {int(v) for v in np.unique(gt)} | {int(v) for v in np.unique(pred)}
         pred_values, gt_values = _task_values(legend, label_values, present - {0})
         for task, values in gt_values.items():
+            if annotated is not None and not is_annotated(annotated.get(case), task):
+                continue
             mine = pred_values.get(task, [])
             rows.append(
                 _score(case, task, np.isin(pred, mine), np.isin(gt, values), gt_meta.spacing,
-                       tolerance_mm)
+                       options)
             )  # fmt: skip
         if progress is not None:
             progress(i + 1, len(matched))
     source = {"predictions": str(pred_dir), "ground_truth": str(gt_dir)}
     missing = sorted(set(gts) - set(preds))
-    return EvalReport(rows, source, missing, tolerance_mm)
+    return EvalReport(rows, source, missing, tolerance_mm, hd95_method, nsd_method)
 
 
 def evaluate_weights(
@@ -275,6 +317,8 @@ def evaluate_weights(
     max_cases: int = 0,
     tolerance_mm: float = 1.0,
     progress: Progress | None = None,
+    hd95_method: str = "pooled",
+    nsd_method: str = "area",
 ) -> EvalReport:
     """Segment ``split`` of a dataset card with ``weights`` and score every task of the card
     that the weights know, on each image's own grid.
@@ -287,6 +331,7 @@ def evaluate_weights(
         max_cases: score only the first N cases of the split (0 = all).
         tolerance_mm: surface Dice tolerance.
         progress: called with (cases done, cases total).
+        hd95_method / nsd_method: ``metrics.HD95_METHODS`` / ``metrics.NSD_METHODS``.
 
     Raises ConfigError (bad card or split, missing files, naming the case), TaskError (the
     weights know none of the card's tasks), WeightsError, InputError.
@@ -295,6 +340,7 @@ def evaluate_weights(
     from hermes_model.io import read_image
     from hermes_model.training.cards import load_card, validate
 
+    options = MetricOptions(tolerance_mm, hd95_method, nsd_method)
     card = load_card(card) if isinstance(card, str | Path) else card
     cases = validate(card, split, scan=False, known_tasks=card.tasks)
     cases = cases[:max_cases] if max_cases else cases
@@ -311,9 +357,11 @@ def evaluate_weights(
         result = segmenter.segment(case.image, tasks, card.modality, probabilities=False)
         gt, meta = read_image(case.label)
         for task in tasks:
+            if not is_annotated(case.annotated, task):
+                continue  # the case does not annotate it: not scored (see the card)
             gt_mask = np.isin(gt, values[task])
             rows.append(
-                _score(case.case_id, task, result.mask(task), gt_mask, meta.spacing, tolerance_mm)
+                _score(case.case_id, task, result.mask(task), gt_mask, meta.spacing, options)
             )
         if progress is not None:
             progress(i + 1, len(cases))
@@ -325,4 +373,4 @@ def evaluate_weights(
         "overlap": overlap,
         "skipped_tasks": [t for t in card.tasks if t not in tasks],
     }
-    return EvalReport(rows, source, [], tolerance_mm)
+    return EvalReport(rows, source, [], tolerance_mm, hd95_method, nsd_method)

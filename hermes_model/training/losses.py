@@ -3,7 +3,8 @@
 Every task is a binary problem (sigmoid per task, paper eq. 2-3). A batch mixes samples with
 different numbers of tasks; padded task slots (``mask == False``) are dropped before any
 arithmetic, so they contribute nothing and receive exactly zero gradient, even if their logits
-are not finite.
+are not finite. A task that the sample's case does not annotate (partial labels, the card's
+``[annotated]``) is masked the same way: pass ``Batch.loss_mask``, not ``task_mask``.
 
 Dice is computed per sample and per task, soft (on probabilities), with a small ``smooth``
 (default 1e-5) added to numerator and denominator::
@@ -46,7 +47,8 @@ def bce_dice_loss(
     Args:
         logits: (B, T, D, H, W) raw scores, any float dtype (computed in float32).
         targets: (B, T, D, H, W) binary {0, 1}, any dtype.
-        mask: (B, T) bool, True where the sample's dataset annotates task slot t.
+        mask: (B, T) bool, True where the sample annotates task slot t: a real (not padded)
+            slot whose task the sample's case annotates (``Batch.loss_mask``).
         lambda_dice: weight of the Dice term (paper: 1).
         smooth: Dice smoothing term.
 

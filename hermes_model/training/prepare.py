@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hermes_model.config import PreprocessConfig
 from hermes_model.errors import ConfigError
 from hermes_model.nets.hermes import SegmentationNet
 from hermes_model.training.cache import CachedDataset, build_cache
@@ -43,11 +44,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainingData:
-    """Cached training and validation cases, one entry per recipe dataset (same order)."""
+    """Cached training and validation cases, one entry per recipe dataset (same order), and
+    the preprocessing each dataset was cached with (its own ``spacing`` where it has one)."""
 
     cards: tuple[DatasetCard, ...]
     train: tuple[CachedDataset, ...]
     val: tuple[CachedDataset, ...]
+    preprocess: tuple[PreprocessConfig, ...]
+
+    @property
+    def group_spacing(self) -> dict[str, list[float]]:
+        """Dataset (task group) name -> the spacing in mm it was cached at."""
+        return {d.name: list(c.spacing) for d, c in zip(self.train, self.preprocess, strict=True)}
 
     @property
     def tasks(self) -> list[str]:
@@ -110,7 +118,7 @@ def prepare_data(recipe: Recipe, context: DistContext, progress: bool) -> Traini
         val_cases = validate(card, recipe.validation.split, scan=False, known_tasks=card.tasks)
         if recipe.validation.max_cases:
             val_cases = val_cases[: recipe.validation.max_cases]
-        plans.append((card, entry.cases(card), val_cases))
+        plans.append((card, entry.cases(card), val_cases, entry.preprocess_for(recipe.preprocess)))
     if context.is_main:
         data = _build(plans, recipe, progress)
     context.barrier()
@@ -120,7 +128,9 @@ def prepare_data(recipe: Recipe, context: DistContext, progress: bool) -> Traini
 
 
 def _build(
-    plans: list[tuple[DatasetCard, list[Case], list[Case]]], recipe: Recipe, progress: bool
+    plans: list[tuple[DatasetCard, list[Case], list[Case], PreprocessConfig]],
+    recipe: Recipe,
+    progress: bool,
 ) -> TrainingData:
     root = Path(recipe.train.cache_dir).expanduser()
     options: dict[str, Any] = {
@@ -129,12 +139,13 @@ def _build(
         "progress": progress,
     }
     train, val = [], []
-    for card, train_cases, val_cases in plans:
-        train.append(build_cache(card, recipe.preprocess, root, train_cases, **options))
-        val.append(build_cache(card, recipe.preprocess, root, val_cases, **options))
+    for card, train_cases, val_cases, config in plans:
+        train.append(build_cache(card, config, root, train_cases, **options))
+        val.append(build_cache(card, config, root, val_cases, **options))
         _check_label_values(card, train[-1])
         _check_label_values(card, val[-1])
-    return TrainingData(tuple(p[0] for p in plans), tuple(train), tuple(val))
+    configs = tuple(p[3] for p in plans)
+    return TrainingData(tuple(p[0] for p in plans), tuple(train), tuple(val), configs)
 
 
 def load_start(spec: str, context: DistContext) -> StartWeights:

@@ -14,6 +14,7 @@ A recipe names everything a run needs::
     weight = 1.0                           # probability of drawing a patch from it (normalised)
     split = "train"
     subset = 1.0                           # fraction of the split used (transfer learning)
+    spacing = [4.0, 4.0, 2.5]              # optional: this dataset's (task group's) spacing, mm
     [preprocess]  spacing, patch_size, ct_clip, mr_percentiles (PreprocessConfig)
     [train]       batch size, iterations, AMP, grad clip, workers, cache, initialisation
     [optimizer]   lamb | adamw, lr, betas, weight decay, eps
@@ -84,6 +85,9 @@ class DatasetEntry:
         subset: fraction of that split to use (at least one case), chosen with ``subset_seed``.
         labels: optional label value -> task id map that replaces the card's; label values of
             the card left out of it count as background (evaluation on shared classes).
+        spacing: optional voxel size (mm, canonical R, A, S) for this dataset instead of
+            ``[preprocess] spacing``: its task group is trained at it, the checkpoint records
+            it (``group_spacing``) and inference prepares that group's scans at it.
     """
 
     card: Path
@@ -92,6 +96,11 @@ class DatasetEntry:
     subset: float = 1.0
     subset_seed: int = 0
     labels: Mapping[int, str] | None = None
+    spacing: tuple[float, float, float] | None = None
+
+    def preprocess_for(self, base: PreprocessConfig) -> PreprocessConfig:
+        """``base`` (the recipe's [preprocess]) with this dataset's ``spacing``, if it has one."""
+        return base if self.spacing is None else dataclasses.replace(base, spacing=self.spacing)
 
     def load(self) -> DatasetCard:
         """The card, with ``labels`` applied."""
@@ -523,9 +532,16 @@ def _check(r: Recipe) -> None:
         fail("augment.p_intensity", f"names unknown modalities {unknown}; use {MODALITIES}")
     if any(axis not in (0, 1, 2) for axis in a.mirror_axes):
         fail("augment.mirror_axes", f"must list axes 0, 1, 2, got {a.mirror_axes}")
+    spacings: dict[str, tuple[float, ...]] = {}
     for i, entry in enumerate(r.datasets):
         if entry.weight <= 0 or not 0 < entry.subset <= 1:
             fail(f"datasets.{i}", "needs weight > 0 and 0 < subset <= 1")
+        if entry.spacing is not None and min(entry.spacing) <= 0:
+            fail(f"datasets.{i}.spacing", f"must be 3 positive mm values, got {entry.spacing}")
+        spacing = entry.preprocess_for(r.preprocess).spacing
+        name = entry.load().name  # one task group per card name: one spacing for it
+        if spacings.setdefault(name, spacing) != spacing:
+            fail(f"datasets.{i}.spacing", f"differs from another entry of dataset {name}")
 
 
 def _jsonable(value: Any) -> Any:

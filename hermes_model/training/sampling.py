@@ -4,7 +4,9 @@ For each sample the sampler picks a dataset by weight, a case of it, and a patch
 ``foreground_fraction`` of the patches are centred on a labelled voxel (of a label value chosen
 uniformly among those present, so small structures are seen). A patch that reaches beyond the
 image is padded with the image minimum (label 0). Each sample carries the binary targets of its
-own dataset's tasks; :func:`collate` pads the task axis with -1 / a False mask.
+own dataset's tasks; :func:`collate` pads the task axis with -1 / a False mask. A task that the
+sample's case does not annotate (card ``[annotated]``) keeps its slot and token but is False in
+``Batch.annotated``, so ``Batch.loss_mask`` drops it from the loss like a padded slot.
 
 Reproducibility without pickled RNG state: draw number ``n`` of rank ``r`` uses a fresh
 ``numpy.random.Generator`` seeded with ``(seed, r, n)``, so the whole state is ``position`` (how
@@ -19,10 +21,11 @@ though a DataLoader draws ahead.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hermes_model.errors import ConfigError
+from hermes_model.training.annotation import is_annotated
 from hermes_model.training.cache import CachedDataset
 
 __all__ = ["PatchRequest", "Sample", "Batch", "MixedBatchSampler", "collate", "make_loader"]
@@ -57,6 +61,7 @@ class Sample:
         targets: (T_k, *patch) uint8 in {0, 1}, one channel per task of the dataset.
         task_idx: (T_k,) int64, the tasks' indices in the model's task list.
         modality: modality id: the row of the model's modalities (``model.modalities``).
+        annotated: (T_k,) bool, whether the case annotates each task (card ``[annotated]``).
     """
 
     image: torch.Tensor
@@ -66,6 +71,7 @@ class Sample:
     dataset: str
     case_id: str
     position: int
+    annotated: torch.Tensor | None = None
 
 
 @dataclass
@@ -76,9 +82,11 @@ class Batch:
         image: (B, 1, *patch) float32.
         targets: (B, Tmax, *patch) uint8; zero in padded task slots.
         task_idx: (B, Tmax) int64, -1 in padded slots (the model's key-padding convention).
-        task_mask: (B, Tmax) bool, True for real tasks.
+        task_mask: (B, Tmax) bool, True for real tasks (what the model attends to).
         modality_idx: (B,) int64.
         next_position: sampler position just after this batch's draws (for ``state_dict``).
+        annotated: (B, Tmax) bool, True where the sample's case annotates the task (False in
+            padded slots); see :attr:`loss_mask`.
     """
 
     image: torch.Tensor
@@ -89,34 +97,27 @@ class Batch:
     datasets: list[str]
     case_ids: list[str]
     next_position: int
+    annotated: torch.Tensor
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        """(B, Tmax) bool: the (sample, task) pairs the loss counts: real and annotated."""
+        return self.task_mask & self.annotated
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        """A copy with ``fn`` applied to every tensor field."""
+        return dataclasses.replace(
+            self, image=fn(self.image), targets=fn(self.targets), task_idx=fn(self.task_idx),
+            task_mask=fn(self.task_mask), modality_idx=fn(self.modality_idx),
+            annotated=fn(self.annotated),
+        )  # fmt: skip
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device, non_blocking=non_blocking)
-
-        return Batch(
-            move(self.image),
-            move(self.targets),
-            move(self.task_idx),
-            move(self.task_mask),
-            move(self.modality_idx),
-            self.datasets,
-            self.case_ids,
-            self.next_position,
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> Batch:
         """Called by DataLoader(pin_memory=True)."""
-        return Batch(
-            self.image.pin_memory(),
-            self.targets.pin_memory(),
-            self.task_idx.pin_memory(),
-            self.task_mask.pin_memory(),
-            self.modality_idx.pin_memory(),
-            self.datasets,
-            self.case_ids,
-            self.next_position,
-        )
+        return self._map(lambda t: t.pin_memory())
 
 
 class MixedBatchSampler:
@@ -205,8 +206,11 @@ class MixedBatchSampler:
         rng = np.random.default_rng([self.seed, self.rank, n])
         k = int(rng.choice(len(self.datasets), p=self.probabilities))
         i = int(rng.integers(len(self.datasets[k].cases)))
-        counts = self.datasets[k].cases[i].foreground_counts
-        values = sorted(v for v in counts if v in self.datasets[k].labels)
+        case = self.datasets[k].cases[i]
+        counts, labels = case.foreground_counts, self.datasets[k].labels
+        values = sorted(
+            v for v in counts if v in labels and is_annotated(case.annotated, labels[v])
+        )
         fg_row = -1
         if values and self._is_foreground(n):
             value = values[int(rng.integers(len(values)))]
@@ -235,6 +239,7 @@ class MixedBatchSampler:
         label = _crop(np.load(case.label, mmap_mode="r"), start, self.patch_size, 0)
         values = self._task_values[request.dataset]
         targets = np.stack([np.isin(label, v) for v in values]).astype(np.uint8)
+        annotated = [is_annotated(case.annotated, t) for t in dataset.tasks]
         return Sample(
             image=torch.from_numpy(image.astype(np.float32))[None],
             targets=torch.from_numpy(targets),
@@ -243,6 +248,7 @@ class MixedBatchSampler:
             dataset=dataset.name,
             case_id=case.case_id,
             position=request.position,
+            annotated=torch.tensor(annotated, dtype=torch.bool),
         )
 
     def sample(self) -> Sample:
@@ -299,11 +305,13 @@ def collate(samples: Sequence[Sample]) -> Batch:
     targets = torch.zeros((batch, t_max, *patch), dtype=torch.uint8)
     task_idx = torch.full((batch, t_max), -1, dtype=torch.int64)
     mask = torch.zeros((batch, t_max), dtype=torch.bool)
+    annotated = torch.zeros((batch, t_max), dtype=torch.bool)
     for b, s in enumerate(samples):
         t = len(s.task_idx)
         targets[b, :t] = s.targets
         task_idx[b, :t] = s.task_idx
         mask[b, :t] = True
+        annotated[b, :t] = True if s.annotated is None else s.annotated
     return Batch(
         image=torch.stack([s.image for s in samples]),
         targets=targets,
@@ -313,6 +321,7 @@ def collate(samples: Sequence[Sample]) -> Batch:
         datasets=[s.dataset for s in samples],
         case_ids=[s.case_id for s in samples],
         next_position=max(s.position for s in samples) + 1,
+        annotated=annotated,
     )
 
 

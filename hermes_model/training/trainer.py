@@ -323,7 +323,7 @@ class Trainer:
         ):
             logits = self.net(image, batch.task_idx, batch.modality_idx)
         terms = bce_dice_loss(
-            logits, targets, batch.task_mask, r.loss.lambda_dice, r.loss.dice_smooth
+            logits, targets, batch.loss_mask, r.loss.lambda_dice, r.loss.dice_smooth
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()

@@ -20,6 +20,7 @@ from hermes_model.errors import TrainingError
 from hermes_model.inference import GroupRun, WindowSettings, plan_groups, sliding_window
 from hermes_model.metrics import dice
 from hermes_model.nets.hermes import SegmentationNet
+from hermes_model.training.annotation import is_annotated
 from hermes_model.training.cache import CachedCase, CachedDataset
 
 __all__ = [
@@ -41,8 +42,8 @@ class ValidationResult:
     """Dice on the cached validation cases.
 
     Attributes:
-        tasks: task id -> mean Dice over the cases of its dataset.
-        cases: ``dataset/case`` -> task id -> Dice.
+        tasks: task id -> mean Dice over the cases of its dataset that annotate it.
+        cases: ``dataset/case`` -> task id -> Dice (tasks the case does not annotate left out).
         mean: mean of ``tasks`` (every task counts once, whatever its dataset's size).
     """
 
@@ -100,6 +101,8 @@ def validate_cached(
             label = np.load(case.label, mmap_mode="r")
             row: dict[str, float] = {}
             for t, task in enumerate(tasks):
+                if not is_annotated(case.annotated, task):
+                    continue  # not contoured in this case: neither right nor wrong
                 values = [v for v, name in data.labels.items() if name == task]
                 row[task] = dice(masks[t], np.isin(label, values))
                 scores.setdefault(task, []).append(row[task])
