@@ -80,7 +80,7 @@ def test_tasks_unknown_dataset_is_one_line_with_exit_code_4() -> None:
 
 
 def test_tasks_bad_modality_is_a_usage_error() -> None:
-    result = runner.invoke(app, ["tasks", "--modality", "pet"])
+    result = runner.invoke(app, ["tasks", "--modality", "ultrasound"])
     assert result.exit_code == 2
 
 

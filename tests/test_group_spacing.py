@@ -62,7 +62,7 @@ def _ct() -> tuple[np.ndarray, ImageMeta]:
 def test_segmenter_prepares_each_group_at_its_spacing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hermes_model.inference as inference
+    import hermes_model.segmenter as inference
 
     seen: list[tuple[float, ...]] = []
     original = inference.prepare
