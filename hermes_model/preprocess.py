@@ -456,7 +456,7 @@ def check_image(array: np.ndarray, meta: ImageMeta, modality: str) -> list[str]:
         )
     if meta.modality_tag and meta.modality_tag not in ("CT", "MR", "PT"):
         warnings.append(
-            f"{source}: DICOM modality is {meta.modality_tag}; Hermes is trained on CT and MR "
+            f"{source}: DICOM modality is {meta.modality_tag}; Hermes knows CT, MR and PET "
             f"only, and processes it as {modality.upper()}"
         )
     spacing = np.array(meta.spacing)

@@ -205,8 +205,8 @@ def test_restore_rejects_a_wrong_grid(anisotropic_affine):
     prepared = prepare(np.zeros((16, 16, 16), np.float32), meta, CONFIG, "ct")
     with pytest.raises(ValueError, match="expected"):
         restore(torch.zeros(1, 8, 8, 8), prepared)
-    with pytest.raises(TaskError, match="pet"):
-        prepare(np.zeros((16, 16, 16), np.float32), meta, CONFIG, "pet")
+    with pytest.raises(TaskError, match="xray"):
+        prepare(np.zeros((16, 16, 16), np.float32), meta, CONFIG, "xray")
 
 
 def test_prepare_label_is_nearest_on_the_same_grid(permuted_affine, oblique_affine):
@@ -386,8 +386,8 @@ def test_soft_problems_are_warnings(oblique_affine):
     warnings = check_image(ct, meta, "mr")
     assert any("look like CT" in w for w in warnings)
     assert any("anisotropic voxels" in w for w in warnings)
-    pet = dataclasses.replace(meta, modality_tag="PT")
-    assert any("DICOM modality is PT" in w for w in check_image(ct, pet, "ct"))
+    ultrasound = dataclasses.replace(meta, modality_tag="US")
+    assert any("DICOM modality is US" in w for w in check_image(ct, ultrasound, "ct"))
     oblique = ImageMeta.from_affine(oblique_affine, ct.shape, qform_code=0, sform_code=0)
     warnings = check_image(ct, oblique, "ct")
     assert any("oblique scan" in w for w in warnings)

@@ -23,6 +23,7 @@ from hermes_cli.main import app
 from hermes_model import create_model, hub, publish, save_checkpoint
 from hermes_model.config import PreprocessConfig
 from hermes_model.errors import WeightsError
+from hermes_model.tasks import MODALITIES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -90,7 +91,7 @@ def test_round_trip_publish_then_segment_by_name(
         "filename": "tiny-hippo.safetensors",
         "sha256": sha,
         "tasks": TASKS,
-        "modalities": ["ct", "mr"],
+        "modalities": list(MODALITIES),
         "licence": "CC0-1.0",
     }
     files = repo.files_at(repo.head)

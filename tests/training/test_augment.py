@@ -60,7 +60,7 @@ def test_mirroring_flips_image_and_labels_together_exactly() -> None:
 
 def test_intensity_changes_only_the_image_and_follows_the_modality() -> None:
     config = AugmentConfig(p_spatial=0.0, p_intensity={"ct": 0.0, "mr": 1.0}, mirror_axes=())
-    aug = Augmenter(config, (12, 12, 12), seed=3)
+    aug = Augmenter(config, (12, 12, 12), seed=3, modalities=["ct", "mr"])
     gen = torch.Generator().manual_seed(0)
     image = torch.randn(2, 1, 12, 12, 12, generator=gen)
     targets = _blobs(2, (12, 12, 12))

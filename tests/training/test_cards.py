@@ -216,8 +216,8 @@ def test_split_naming_a_missing_case(tmp_path: Path) -> None:
         ('name = "x"\nrot = "y"', "unknown key"),
         ('name = "x"\nroot = "d"\nlayout = "flat"\nmodality = "ct"\n[labels]\n1 = "a/b"\n'
          '[split]\nfractions = { all = 1.0 }', "layout 'flat'"),
-        ('name = "x"\nroot = "d"\nlayout = "msd"\nmodality = "pet"\n[labels]\n1 = "a/b"\n'
-         '[split]\nfractions = { all = 1.0 }', "modality 'pet'"),
+        ('name = "x"\nroot = "d"\nlayout = "msd"\nmodality = "us"\n[labels]\n1 = "a/b"\n'
+         '[split]\nfractions = { all = 1.0 }', "modality 'us'"),
         ('name = "x"\nroot = "d"\nlayout = "msd"\nmodality = "ct"\n[labels]\n1 = "a/b"\n'
          '[split]\nfractions = { train = 0.5 }', "sum to 1"),
         ('name = "x"\nroot = "d"\nlayout = "msd"\nmodality = "ct"\n[labels]\nliver = "a/b"\n'
