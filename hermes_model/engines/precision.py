@@ -28,6 +28,7 @@ __all__ = [
     "cpu_native_bf16",
     "model_size",
     "resolve_precision",
+    "resolve_training_precision",
 ]
 
 PRECISIONS: dict[str, torch.dtype | None] = {
@@ -114,3 +115,32 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     """The torch engine's autocast dtype for ``precision`` on ``device``, for a network of
     unknown size (``auto``: fp16 on CUDA, fp32 elsewhere); None means plain float32."""
     return PRECISIONS[resolve_precision(precision, device, "torch", None)]
+
+
+#: Is bf16 autocast faster than fp32 for a *training* step (forward, backward, optimiser) on a
+#: CPU with native bf16, per model size? Measured with ``python bench/train_amp.py`` (see there
+#: for the figures); filled in below.
+CPU_TRAIN_BF16_FASTER: dict[str, bool] = {"small": True, "base": True}
+
+
+def resolve_training_precision(
+    amp: str, device: torch.device, model: torch.nn.Module | None = None
+) -> str:
+    """``fp32``, ``fp16`` or ``bf16`` for ``train.amp`` (``auto``, ``none``, ``fp16``, ``bf16``).
+
+    ``auto``: bf16 on CUDA; on a CPU with native bf16, bf16 where
+    :data:`CPU_TRAIN_BF16_FASTER` says it measured faster; fp32 otherwise. ``bf16`` is honoured
+    on the CPU too; ``fp16`` needs CUDA (on the CPU it falls back to fp32, as before).
+    """
+    if amp == "none":
+        return "fp32"
+    if amp == "auto":
+        if device.type == "cuda":
+            return "bf16"
+        native = device.type == "cpu" and cpu_native_bf16()
+        return "bf16" if native and CPU_TRAIN_BF16_FASTER.get(model_size(model), False) else "fp32"
+    if amp == "fp16":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if amp == "bf16":
+        return "bf16" if device.type in ("cuda", "cpu") else "fp32"
+    raise ConfigError(f"unknown train.amp {amp!r}; use auto, none, fp16 or bf16")
