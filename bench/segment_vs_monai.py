@@ -110,6 +110,7 @@ def run_hermes(segmenter: Segmenter, path: Path, out: Path) -> tuple[dict[str, f
     options = BatchOptions(output_dir=out, split=True)
     write_case(path.name.split(".")[0], str(path), result, array, options)
     timings = {**result.timings, "read": read, "write": time.perf_counter() - begin}
+    timings["windows run"] = result.windows - result.skipped_windows
     timings["total"] = time.perf_counter() - start
     return timings, result.masks.cpu().numpy()
 
@@ -256,6 +257,7 @@ def main() -> None:
         columns = ("volume", "pipeline", "read+prep", "network", "restore", "write", "total")
         for column in (*columns, "this/Hermes", "Dice vs Hermes"):
             table.add_column(column, justify="left" if column in columns[:2] else "right")
+        network_runs: list[tuple[str, float, int]] = []
         for name, path in volumes.items():
             shape = read_image(path)[1].shape
             best: dict[str, dict[str, float]] = {}
@@ -272,6 +274,8 @@ def main() -> None:
                     if key not in best or timings["total"] < best[key]["total"]:
                         best[key] = timings
             label = f"{name} {tuple(shape)}"
+            hermes_best = best["Hermes"]
+            network_runs.append((name, hermes_best["network"], int(hermes_best["windows run"])))
             for pipeline, t in best.items():
                 first = pipeline == "Hermes"
                 ratio = "" if first else f"{t['total'] / best['Hermes']['total']:.2f}x"
@@ -280,6 +284,26 @@ def main() -> None:
                 table.add_row(label, pipeline, *_stages(t), ratio, agreement)
                 label = ""
     console.print(table)
+    flops = flops_per_window(segmenter.model, tasks, args.patch)
+    for name, seconds, windows in network_runs:
+        rate = windows * flops / seconds / 1e12
+        console.print(f"{name}: Hermes network {windows} windows x {flops / 1e12:.2f} TFLOP in "
+                      f"{seconds:.2f} s = {rate:.1f} TFLOP/s effective")  # fmt: skip
+
+
+def flops_per_window(model: Any, tasks: list[str], patch: int) -> float:
+    """Forward FLOPs (multiply-add = 2) of one window, counted on the meta device."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(model).to("meta")
+    task_idx = torch.tensor([[model.task_ids.index(t) for t in tasks]], device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta(torch.empty(1, 1, patch, patch, patch, device="meta"), task_idx,
+             torch.zeros(1, dtype=torch.long, device="meta"))  # fmt: skip
+    return float(counter.get_total_flops())
 
 
 if __name__ == "__main__":

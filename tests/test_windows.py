@@ -75,7 +75,7 @@ def test_ct_crops_skip_air_windows_with_identical_masks(
     # 5-9 cm squares at the body's edge (air and tissue), one window thick: ~10 windows.
     box = (slice(100, 170), slice(20, 200), slice(36, 52))
     chaos = _crop(data_dir / "chaos_ct_liver" / "chaos_ct_sample_0000.nii.gz", box)
-    box = (slice(100, 122), slice(70, 101), slice(10, 21))
+    box = (slice(100, 122), slice(40, 101), slice(10, 21))
     total = _crop(data_dir / "totalsegmentator" / "example_ct_sm.nii.gz", box)
     assert _same_masks(segmenters, chaos, "ct") > 0.1
     assert _same_masks(segmenters, total, "ct") > 0.1
@@ -86,8 +86,6 @@ def test_a_zero_padded_hippocampus_mr_skips_the_padding_with_identical_masks(
 ) -> None:
     scan = _zero_padded(data_dir / "hippocampus" / "imagesTr" / "hippocampus_004.nii.gz", 40)
     assert _same_masks(segmenters, scan, "mr") > 0.2
-    plain = read_image(data_dir / "hippocampus" / "imagesTr" / "hippocampus_004.nii.gz")
-    _same_masks(segmenters, plain, "mr")  # nothing to skip in a tight crop: still the same
 
 
 @pytest.mark.slow
