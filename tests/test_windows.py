@@ -69,16 +69,14 @@ def _same_masks(segmenters: dict[bool, Segmenter], image, modality: str) -> floa
     return skipped.skipped_windows / skipped.windows
 
 
-def test_ct_crops_skip_air_windows_with_identical_masks(
+def test_a_ct_crop_skips_air_windows_with_identical_masks(
     data_dir: Path, segmenters: dict[bool, Segmenter]
 ) -> None:
-    # 5-9 cm squares at the body's edge (air and tissue), one window thick: ~10 windows.
+    # 5 x 13 cm at the body's edge (air and tissue), one window thick: 18 windows. The
+    # TotalSegmentator CTs' air is noisy above the clip floor, so nothing skips there (slow test).
     box = (slice(100, 170), slice(20, 200), slice(36, 52))
     chaos = _crop(data_dir / "chaos_ct_liver" / "chaos_ct_sample_0000.nii.gz", box)
-    box = (slice(100, 122), slice(40, 101), slice(10, 21))
-    total = _crop(data_dir / "totalsegmentator" / "example_ct_sm.nii.gz", box)
     assert _same_masks(segmenters, chaos, "ct") > 0.1  # air stored as -1000: the clip floor
-    _same_masks(segmenters, total, "ct")  # noisy air above the clip floor: run, not skipped
 
 
 def test_a_zero_padded_hippocampus_mr_skips_the_padding_with_identical_masks(
@@ -136,7 +134,7 @@ class _Wrap(torch.nn.Module):
 
 def test_background_thresholds_per_modality() -> None:
     image = torch.linspace(-1, 3, 1000).reshape(1, 10, 10, 10)
-    assert background_threshold(image, "ct", -990.0, 0.0, 100.0) == pytest.approx(-9.9)
+    assert background_threshold(image, "ct", -990.0, 0.0, 100.0) == pytest.approx(-9.9, abs=1e-4)
     assert background_threshold(image, "ct", -500.0, 0.0, 100.0) is None  # clip above -900 HU
     assert background_threshold(image, "mr", 0.0, 0.0, 1.0) == pytest.approx(-0.96, abs=0.01)
     assert background_threshold(image, "pet", 0.0, 0.0, 1.0) is None
