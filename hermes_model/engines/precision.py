@@ -41,14 +41,19 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 #: (engine, model size)? Measured on an Intel Xeon with AMX-BF16 (2 cores shared by ~5 people,
 #: 2026-12-01; ratios of runs interleaved in one script, absolute times are noisy):
 #:
-#: - torch, small (<= 16 base channels): bf16 autocast 2.2x faster than fp32 at 96³ (issue 11's
-#:   figures, ``bench/engines.py``), and the bundled model's masks in bf16 pass the guard of
+#: - torch, small (<= 16 base channels): bf16 autocast faster than fp32 at 96³: 1.20x here
+#:   (``python bench/engines.py --models hermes-r-small --sizes 96 --repeats 2``: 13.9 -> 11.5 s
+#:   per 15-task window; 2.2x in issue 11's quieter run), and the bundled model's masks in bf16
+#:   pass the guard of
 #:   ``tests/engines/test_real_scans.py`` (>= 99.9% of voxels, <= 0.5% of foreground changed,
 #:   Dice drop <= 0.002 on hippocampus val cases) -> bf16.
 #: - torch, base (32): bf16 autocast 0.8x (slower) at 128³ -> fp32.
-#: - openvino, any size: bf16 is 2-3x faster than OpenVINO fp32 but fails the guard (OpenVINO
-#:   lowers the whole graph, norms included, to bf16: 97.4% of hippocampus_004's voxels agree
-#:   with torch fp32, 97.2% on a TotalSegmentator CT crop) -> fp32 (still 2x torch fp32).
+#: - openvino, any size: bf16 fails the guard (OpenVINO lowers the whole graph, norms included,
+#:   to bf16: 97.4% of hippocampus_004's voxels agree with torch fp32, 97.2% on a
+#:   TotalSegmentator CT crop); in the same bench run it gave NaN logits for random-weight
+#:   Hermes-R Small at 96³ and ran 47x slower than OpenVINO fp32 on the loaded CPU (issue 11's
+#:   quieter run: 3.3x faster) -> fp32, which is 2.97x torch fp32 here (4.67 s per window, max
+#:   |Δlogit| 0.015).
 #:   (The 128³ run of ``bench/engines.py`` with both bf16 engines died without a traceback while
 #:   the kernel logged a SIGSEGV in an AMX tile load; which library, not established.)
 #: - compile: not measured on the CPU -> fp32.
