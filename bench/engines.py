@@ -106,8 +106,8 @@ def main() -> None:
                     f"{cached[v]:.1f}" if v in cached else "—", f"{delta:.4f}",
                     f"{100 * agree:.2f}%",
                 )  # fmt: skip
-            console.print(f"done {name} {size}³", style="dim")
-    console.print(table)
+            console.print(table)  # after every window size: a long run that dies keeps its rows
+            del engines, outs
 
 
 if __name__ == "__main__":

@@ -20,8 +20,16 @@ per stage (restore = Hermes' restore + threshold + label map, MONAI's Invertd + 
 the totals, their ratio, and the mean Dice between the two pipelines' masks (their resampled
 grids differ slightly, and random weights give noisy masks, so expect well below 1).
 
+MONAI runs once per ``--monai-precision``: ``fp32`` is how its users run it on a CPU, ``bf16``
+is MONAI with bf16 autocast (``auto`` is fp16 on CUDA, fp32 elsewhere). Hermes runs with its
+defaults (``--engine auto --precision auto``) unless told otherwise; the engine's one-off
+conversion (OpenVINO) happens in the warm-up and is reported on its own line, since it is cached
+per machine. The pipelines alternate (Hermes, MONAI fp32, MONAI bf16, Hermes, ...).
+
     python bench/segment_vs_monai.py                                   # GPU defaults
     python bench/segment_vs_monai.py --device cpu --preset hermes-r-small --size 192 --patch 96
+    python bench/segment_vs_monai.py --device cpu --preset hermes-r-small --no-synthetic \
+        --batch-size 2 --monai-precision fp32 bf16                     # the CPU target
 """
 
 from __future__ import annotations
@@ -102,12 +110,13 @@ def run_hermes(segmenter: Segmenter, path: Path, out: Path) -> tuple[dict[str, f
     options = BatchOptions(output_dir=out, split=True)
     write_case(path.name.split(".")[0], str(path), result, array, options)
     timings = {**result.timings, "read": read, "write": time.perf_counter() - begin}
+    timings["windows run"] = result.windows - result.skipped_windows
     timings["total"] = time.perf_counter() - start
     return timings, result.masks.cpu().numpy()
 
 
 def run_monai(
-    model: Any, tasks: list[str], path: Path, out: Path, args: argparse.Namespace
+    model: Any, tasks: list[str], path: Path, out: Path, args: argparse.Namespace, precision: str
 ) -> tuple[dict[str, float], np.ndarray]:
     """MONAI's usual inference pipeline; seconds per stage and the (T, I, J, K) masks."""
     from monai.data import MetaTensor
@@ -148,7 +157,7 @@ def run_monai(
     )  # fmt: skip
     task_idx = torch.tensor([model.task_ids.index(t) for t in tasks], device=device)
     modality = torch.zeros(1, dtype=torch.long, device=device)
-    dtype = autocast_dtype(device, "auto")
+    dtype = autocast_dtype(device, precision)
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -211,6 +220,12 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward")
     parser.add_argument("--no-real", action="store_true", help="skip the real CT")
+    parser.add_argument("--no-synthetic", action="store_true", help="skip the synthetic CT")
+    parser.add_argument("--engine", default="auto", help="Hermes engine (default auto)")
+    parser.add_argument("--precision", default="auto", help="Hermes precision (default auto)")
+    parser.add_argument(
+        "--monai-precision", nargs="+", default=["auto"], help="MONAI runs: auto, fp32, bf16"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="runs per pipeline (best kept)")
     args = parser.parse_args()
     console = Console(width=150)
@@ -218,39 +233,77 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hermes-bench-") as tmp:
         folder = Path(tmp)
         weights, tasks = make_checkpoint(folder, args.preset, args.patch)
-        volumes = {f"synthetic {args.size}": synthetic_ct(folder / "synthetic.nii.gz", args.size)}
+        volumes = {}
+        if not args.no_synthetic:
+            synthetic = synthetic_ct(folder / "synthetic.nii.gz", args.size)
+            volumes[f"synthetic {args.size}"] = synthetic
         real = REAL_CT / "chaos_ct_sample_0000.nii.gz"
         if real.is_file() and not args.no_real:
             volumes["CHAOS CT 512x512x78"] = real
         segmenter = Segmenter(weights, device=device, overlap=args.overlap,
-                              batch_size=args.batch_size)  # fmt: skip
+                              batch_size=args.batch_size, engine=args.engine,
+                              precision=args.precision)  # fmt: skip
         warm = synthetic_ct(folder / "warm.nii.gz", 64)  # first-call costs (cuDNN, allocator)
+        begin = time.perf_counter()
         run_hermes(segmenter, warm, folder / "warm-h")
-        run_monai(segmenter.model, tasks, warm, folder / "warm-m", args)
+        console.print(f"Hermes engine {segmenter.engine.describe()}; warm-up incl. one-off "
+                      f"conversion {time.perf_counter() - begin:.1f} s")  # fmt: skip
+        for precision in args.monai_precision:
+            run_monai(segmenter.model, tasks, warm, folder / "warm-m", args, precision)
         table = Table(title=f"{args.preset}, {len(tasks)} tasks, {device}, patch {args.patch}, "
-                            f"overlap {args.overlap}, batch {args.batch_size}; seconds, best of "
-                            f"{args.repeats}")  # fmt: skip
+                            f"overlap {args.overlap}, batch {args.batch_size}; Hermes "
+                            f"{segmenter.engine.describe()}; seconds, best of {args.repeats}; "
+                            "shared CPU: read the ratios")  # fmt: skip
         columns = ("volume", "pipeline", "read+prep", "network", "restore", "write", "total")
-        for column in (*columns, "MONAI/Hermes", "Dice"):
+        for column in (*columns, "this/Hermes", "Dice vs Hermes"):
             table.add_column(column, justify="left" if column in columns[:2] else "right")
+        network_runs: list[tuple[str, float, int]] = []
         for name, path in volumes.items():
             shape = read_image(path)[1].shape
             best: dict[str, dict[str, float]] = {}
-            for _ in range(args.repeats):  # alternate, so that load changes hit both alike
-                hermes, masks_h = run_hermes(segmenter, path, folder / "hermes")
-                monai, masks_m = run_monai(segmenter.model, tasks, path, folder / "monai", args)
-                for key, timings in (("Hermes", hermes), ("MONAI", monai)):
+            masks: dict[str, np.ndarray] = {}
+            for _ in range(args.repeats):  # alternate, so that load changes hit all alike
+                runs = [("Hermes", run_hermes(segmenter, path, folder / "hermes"))]
+                for precision in args.monai_precision:
+                    result = run_monai(
+                        segmenter.model, tasks, path, folder / "monai", args, precision
+                    )
+                    runs.append((f"MONAI {precision}", result))
+                for key, (timings, mask) in runs:
+                    masks[key] = mask
                     if key not in best or timings["total"] < best[key]["total"]:
                         best[key] = timings
-            agreement = np.mean([dice(h, m) for h, m in zip(masks_h, masks_m, strict=True)])
             label = f"{name} {tuple(shape)}"
+            hermes_best = best["Hermes"]
+            network_runs.append((name, hermes_best["network"], int(hermes_best["windows run"])))
             for pipeline, t in best.items():
-                stages = _stages(t)
-                last = pipeline == "MONAI"
-                ratio = f"{best['MONAI']['total'] / best['Hermes']['total']:.2f}x" if last else ""
-                table.add_row(label, pipeline, *stages, ratio, f"{agreement:.3f}" if last else "")
+                first = pipeline == "Hermes"
+                ratio = "" if first else f"{t['total'] / best['Hermes']['total']:.2f}x"
+                pairs = zip(masks["Hermes"], masks[pipeline], strict=True)
+                agreement = "" if first else f"{np.mean([dice(h, m) for h, m in pairs]):.3f}"
+                table.add_row(label, pipeline, *_stages(t), ratio, agreement)
                 label = ""
     console.print(table)
+    flops = flops_per_window(segmenter.model, tasks, args.patch)
+    for name, seconds, windows in network_runs:
+        rate = windows * flops / seconds / 1e12
+        console.print(f"{name}: Hermes network {windows} windows x {flops / 1e12:.2f} TFLOP in "
+                      f"{seconds:.2f} s = {rate:.1f} TFLOP/s effective")  # fmt: skip
+
+
+def flops_per_window(model: Any, tasks: list[str], patch: int) -> float:
+    """Forward FLOPs (multiply-add = 2) of one window, counted on the meta device."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(model).to("meta")
+    task_idx = torch.tensor([[model.task_ids.index(t) for t in tasks]], device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta(torch.empty(1, 1, patch, patch, patch, device="meta"), task_idx,
+             torch.zeros(1, dtype=torch.long, device="meta"))  # fmt: skip
+    return float(counter.get_total_flops())
 
 
 if __name__ == "__main__":

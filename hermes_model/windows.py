@@ -9,11 +9,11 @@ Choices, documented once:
   window edge per axis, scaled to a maximum of 1 (as nnU-Net), so window borders count little.
 - Probabilities: the Gaussian-weighted average of the *logits* over windows (and over mirror
   flips with ``tta``), then one sigmoid (nnU-Net v2's order).
-- Skipping: a window whose every voxel is at or below ``background`` (CT below -900 HU, MR at
-  its 1st percentile, padding: see :func:`background_threshold`) is not run. It gets the logits
-  the network gives a window filled with the scan's minimum, computed once per task group, so a
-  window that is all clipped floor (MR, padding, air below the CT clip) gets exactly what running
-  it would have given.
+- Skipping: a window whose every voxel is at or below ``background`` (the clip floor: CT air at
+  or below the -990 HU clip, MR at its 1st percentile, zero padding; see
+  :func:`background_threshold`) is not run. It gets the logits the network gives a window
+  filled with the scan's minimum, computed once per task group: a window that is all clip floor
+  is that window, so the masks are those of running every window.
 - Test-time augmentation: all 8 combinations of mirroring along the 3 axes (8x the network time).
 """
 
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 Progress = Callable[[int, int], None]
-#: CT windows entirely below this (air) need no network.
+#: CT air: a clip floor at or below it is air, and windows entirely at that floor are skipped.
 CT_BACKGROUND_HU = -900.0
 #: MR windows entirely at or below this percentile of the normalised scan need no network.
 MR_BACKGROUND_PERCENTILE = 1.0
@@ -176,17 +176,26 @@ def window_grid(
 def background_threshold(
     image: torch.Tensor, modality: str, low: float, mean: float, std: float
 ) -> float | None:
-    """Normalised intensity at or below which a voxel is certainly background; None: never.
+    """Normalised intensity at or below which a window is certainly background; None: never.
 
-    CT: ``CT_BACKGROUND_HU`` through the same z-score (``(hu - mean) / std``); when the CT clip
-    floor ``low`` is above it, clipped voxels cannot be told apart and nothing is skipped. MR
-    (any sequence): the ``MR_BACKGROUND_PERCENTILE`` of the normalised image ``(1, D, H, W)``.
-    Other modalities (PET): None.
+    A window is skipped when every voxel is at or below it, which is when every voxel sits at the
+    clip floor of normalisation, so that the skipped window is the constant window whose logits
+    stand in for it (exactly what running it would give):
+
+    - CT: the clip floor ``low`` through the z-score, ``(low - mean) / std``, when that floor is
+      air (``low <= CT_BACKGROUND_HU``, -900 HU; the default clip is -990 HU). Windows of
+      noisy air between the floor and -900 HU are *not* skipped: on the TotalSegmentator CT the
+      network's output there differed from its output on the floor and masks changed.
+    - MR (any sequence): the ``MR_BACKGROUND_PERCENTILE`` of the normalised image
+      ``(1, D, H, W)``: the clip floor, as the 2nd-percentile clip puts >= 2% of voxels there.
+    - Other modalities (PET): None.
     """
     from hermes_model.preprocess import percentiles
 
     if modality == "ct":
-        return None if low > CT_BACKGROUND_HU else (CT_BACKGROUND_HU - mean) / std
+        if low > CT_BACKGROUND_HU:
+            return None
+        return (low - mean) / std + 1e-5  # float32 rounding of the floor itself
     if modality.startswith("mr"):
         return percentiles(image, (MR_BACKGROUND_PERCENTILE,))[0]
     return None

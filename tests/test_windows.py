@@ -50,11 +50,12 @@ def _meta(meta: ImageMeta, shape: tuple[int, ...], affine: np.ndarray) -> ImageM
 
 
 def _zero_padded(path: Path, margin: int) -> tuple[np.ndarray, ImageMeta]:
-    """A real MR crop inside ``margin`` voxels of zeros (as scanners zero-fill outside the FOV)."""
+    """A real MR crop with ``margin`` voxels of zeros before and after it along its first axis
+    (as scanners zero-fill outside the field of view)."""
     array, meta = read_image(path)
-    padded = np.pad(array, margin)
+    padded = np.pad(array, ((margin, margin), (0, 0), (0, 0)))
     affine = meta.affine.copy()
-    affine[:3, 3] -= meta.affine[:3, :3] @ np.full(3, margin)
+    affine[:3, 3] -= meta.affine[:3, 0] * margin
     return padded, _meta(meta, padded.shape, affine)
 
 
@@ -68,25 +69,21 @@ def _same_masks(segmenters: dict[bool, Segmenter], image, modality: str) -> floa
     return skipped.skipped_windows / skipped.windows
 
 
-def test_ct_crops_skip_air_windows_with_identical_masks(
+def test_a_ct_crop_skips_air_windows_with_identical_masks(
     data_dir: Path, segmenters: dict[bool, Segmenter]
 ) -> None:
-    # 5-9 cm squares at the body's edge (air and tissue), one window thick: ~10 windows.
-    box = (slice(100, 170), slice(0, 120), slice(36, 52))
+    # 5 x 13 cm at the body's edge (air and tissue), one window thick: 18 windows. The
+    # TotalSegmentator CTs' air is noisy above the clip floor, so nothing skips there (slow test).
+    box = (slice(100, 170), slice(20, 200), slice(36, 52))
     chaos = _crop(data_dir / "chaos_ct_liver" / "chaos_ct_sample_0000.nii.gz", box)
-    box = (slice(100, 122), slice(70, 101), slice(10, 21))
-    total = _crop(data_dir / "totalsegmentator" / "example_ct_sm.nii.gz", box)
-    assert _same_masks(segmenters, chaos, "ct") > 0.1
-    assert _same_masks(segmenters, total, "ct") > 0.1
+    assert _same_masks(segmenters, chaos, "ct") > 0.1  # air stored as -1000: the clip floor
 
 
 def test_a_zero_padded_hippocampus_mr_skips_the_padding_with_identical_masks(
     data_dir: Path, segmenters: dict[bool, Segmenter]
 ) -> None:
-    scan = _zero_padded(data_dir / "hippocampus" / "imagesTr" / "hippocampus_004.nii.gz", 12)
-    assert _same_masks(segmenters, scan, "mr") > 0.3
-    plain = read_image(data_dir / "hippocampus" / "imagesTr" / "hippocampus_004.nii.gz")
-    _same_masks(segmenters, plain, "mr")  # nothing to skip in a tight crop: still the same
+    scan = _zero_padded(data_dir / "hippocampus" / "imagesTr" / "hippocampus_004.nii.gz", 40)
+    assert _same_masks(segmenters, scan, "mr") > 0.2
 
 
 @pytest.mark.slow
@@ -113,8 +110,8 @@ def test_constant_windows_get_exactly_what_running_them_gives() -> None:
     def model(image: torch.Tensor, task_idx: torch.Tensor, modality_idx: torch.Tensor):
         return net(image)[:, : task_idx.shape[1]]
 
-    image = torch.full((1, 70, 40, 40), -2.0)
-    image[:, 5:20, 5:30, 8:30] = torch.randn(1, 15, 25, 22)
+    image = torch.full((1, 70, 40, 40), -2.0)  # the clip floor of a normalised scan: its minimum
+    image[:, 5:20, 5:30, 8:30] = torch.randn(1, 15, 25, 22).clamp(min=-2.0)
     runs = [GroupRun("g", (0, 1), keep=(0, 1), rows=(0, 1))]
     settings = WindowSettings((32, 32, 32), 0.5, 2)
     stats = WindowStats()
@@ -137,7 +134,7 @@ class _Wrap(torch.nn.Module):
 
 def test_background_thresholds_per_modality() -> None:
     image = torch.linspace(-1, 3, 1000).reshape(1, 10, 10, 10)
-    assert background_threshold(image, "ct", -990.0, 0.0, 100.0) == pytest.approx(-9.0)
+    assert background_threshold(image, "ct", -990.0, 0.0, 100.0) == pytest.approx(-9.9, abs=1e-4)
     assert background_threshold(image, "ct", -500.0, 0.0, 100.0) is None  # clip above -900 HU
     assert background_threshold(image, "mr", 0.0, 0.0, 1.0) == pytest.approx(-0.96, abs=0.01)
     assert background_threshold(image, "pet", 0.0, 0.0, 1.0) is None

@@ -13,7 +13,6 @@ padded to the batch size.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
@@ -160,10 +159,3 @@ class OpenVINOEngine(Engine):
         ]
         request.infer(inputs)
         return torch.from_numpy(request.get_output_tensor(0).data.copy())[:n]
-
-
-def describe_entry(folder: str) -> dict[str, Any]:
-    """The key document of a cache entry (for ``bench/engines.py`` and tests)."""
-    from pathlib import Path
-
-    return dict(json.loads((Path(folder) / "key.json").read_text()))

@@ -129,7 +129,8 @@ class TrainSettings:
     batch_size: the global batch; with N DDP ranks each rank draws batch_size / N samples.
     iterations: optimiser steps in total (0 = evaluate only).
     iterations_per_epoch: reporting unit; the paper's epoch is 400 iterations.
-    amp: ``none``, ``fp16`` or ``bf16`` autocast (CUDA only; CPU runs in fp32).
+    amp: ``auto``, ``none``, ``fp16`` or ``bf16`` autocast. ``auto``: bf16 on CUDA, and on CPUs
+        with native bf16 where it measured faster (``engines.precision``); fp32 elsewhere.
     grad_clip: max global gradient norm; 0 = no clipping.
     foreground_fraction: share of patches centred on a labelled voxel.
     cache_dir / cache_dtype / cache_workers: preprocessing cache (see ``cache.py``).
@@ -142,7 +143,7 @@ class TrainSettings:
     iterations: int = 1000
     iterations_per_epoch: int = 400
     num_workers: int = 2
-    amp: str = "bf16"
+    amp: str = "auto"
     grad_clip: float = 0.0
     foreground_fraction: float = 0.33
     cache_dir: str = "cache"
@@ -474,7 +475,7 @@ def _preprocess(table: Any, source: Path) -> PreprocessConfig:
 
 
 _CHOICES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("train", "amp", ("none", "fp16", "bf16")),
+    ("train", "amp", ("auto", "none", "fp16", "bf16")),
     ("train", "cache_dtype", ("float16", "float32")),
     ("train", "trainable", ("all", "new_tasks")),
     ("optimizer", "name", ("lamb", "adamw")),

@@ -114,8 +114,11 @@ def _every_parameter_used(config: Any) -> bool:
     return config.arch == "hermes-r" and (config.bidirectional or config.hierarchical)
 
 
-def _precision(amp: str, device: torch.device) -> str:
-    return amp if amp in ("fp16", "bf16") and device.type == "cuda" else "fp32"
+def _precision(amp: str, device: torch.device, model: torch.nn.Module) -> str:
+    """What training and validation compute in (``engines.precision``: measured per device)."""
+    from hermes_model.engines.precision import resolve_training_precision
+
+    return resolve_training_precision(amp, device, model)
 
 
 class Trainer:
@@ -220,9 +223,10 @@ class Trainer:
             pairs = zip(self.ema.module.parameters(), self.model.parameters(), strict=True)
             self.frozen_pairs = [(e, p) for e, p in pairs if not p.requires_grad]
         cuda = self.device.type == "cuda"
+        self.precision = _precision(r.train.amp, self.device, self.model)
         dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
-        self.amp_dtype = dtypes.get(r.train.amp) if cuda else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and r.train.amp == "fp16")
+        self.amp_dtype = dtypes.get(self.precision)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and self.precision == "fp16")
         self.last_lr = float(self.optimizer.param_groups[0]["lr"])
 
     def _build_stream(self) -> None:
@@ -245,7 +249,7 @@ class Trainer:
             patch_size=r.preprocess.patch_size,
             overlap=r.validation.overlap,
             batch_size=1 if self.device.type == "cpu" else 2,
-            precision=_precision(r.train.amp, self.device),
+            precision=self.precision,
         )
 
     # -- the loop -------------------------------------------------------------------------
