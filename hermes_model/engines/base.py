@@ -66,12 +66,33 @@ class TorchEngine(Engine):
         self.dtype = autocast_dtype_of(self.precision)
 
     def _autocast(self) -> Any:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast_context(self.device, self.dtype)
 
     def __call__(
         self, image: torch.Tensor, task_idx: torch.Tensor, modality_idx: torch.Tensor
     ) -> torch.Tensor:
         with self._autocast():
             return self.model(image.contiguous(), task_idx, modality_idx)
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """Autocast to ``dtype`` on ``device``; nothing for plain float32 (``dtype`` None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def pad_batch(
+    batch_size: int, image: torch.Tensor, task_idx: torch.Tensor, modality_idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A short last batch padded to the fixed ``batch_size`` an engine was built for, by
+    repeating its last window (the caller keeps the first ``n`` outputs)."""
+    n = image.shape[0]
+    if n > batch_size:
+        raise ValueError(f"batch of {n} windows; this engine was built for {batch_size}")
+    if n < batch_size:
+        pad = batch_size - n
+        image = torch.cat([image, image[-1:].expand(pad, *image.shape[1:])])
+        task_idx = torch.cat([task_idx, task_idx[-1:].expand(pad, -1)])
+        modality_idx = torch.cat([modality_idx, modality_idx[-1:].expand(pad)])
+    return image, task_idx, modality_idx

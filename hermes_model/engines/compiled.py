@@ -8,12 +8,11 @@ memory the next replay overwrites, so they are cloned before being returned.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 
-from hermes_model.engines.base import Engine
+from hermes_model.engines.base import Engine, autocast_context, pad_batch
 from hermes_model.engines.precision import autocast_dtype_of, resolve_precision
 
 __all__ = ["CompiledEngine"]
@@ -47,21 +46,13 @@ class CompiledEngine(Engine):
         self._compiled: Any = torch.compile(self.model, mode=mode, dynamic=False)
 
     def _autocast(self) -> Any:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast_context(self.device, self.dtype)
 
     def __call__(
         self, image: torch.Tensor, task_idx: torch.Tensor, modality_idx: torch.Tensor
     ) -> torch.Tensor:
         n = image.shape[0]
-        if n > self.batch_size:
-            raise ValueError(f"batch of {n} windows; this engine was built for {self.batch_size}")
-        if n < self.batch_size:
-            pad = self.batch_size - n
-            image = torch.cat([image, image[-1:].expand(pad, *image.shape[1:])])
-            task_idx = torch.cat([task_idx, task_idx[-1:].expand(pad, -1)])
-            modality_idx = torch.cat([modality_idx, modality_idx[-1:].expand(pad)])
+        image, task_idx, modality_idx = pad_batch(self.batch_size, image, task_idx, modality_idx)
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         with self._autocast():

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from hermes_model.engines.base import Engine
+from hermes_model.engines.base import Engine, pad_batch
 from hermes_model.engines.cache import (
     entry_dir,
     network_source_digest,
@@ -144,13 +144,7 @@ class OpenVINOEngine(Engine):
         self, image: torch.Tensor, task_idx: torch.Tensor, modality_idx: torch.Tensor
     ) -> torch.Tensor:
         n = image.shape[0]
-        if n > self.batch_size:
-            raise ValueError(f"batch of {n} windows; this engine was built for {self.batch_size}")
-        if n < self.batch_size:
-            pad = self.batch_size - n
-            image = torch.cat([image, image[-1:].expand(pad, *image.shape[1:])])
-            task_idx = torch.cat([task_idx, task_idx[-1:].expand(pad, -1)])
-            modality_idx = torch.cat([modality_idx, modality_idx[-1:].expand(pad)])
+        image, task_idx, modality_idx = pad_batch(self.batch_size, image, task_idx, modality_idx)
         request = self._request(image, task_idx)
         inputs = [
             image.float().contiguous().numpy(),

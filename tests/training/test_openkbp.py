@@ -24,11 +24,15 @@ KBP = [f"openkbp/{n}" for n in ("brainstem", "spinal_cord", "parotid_right", "pa
 def test_registry_has_the_seven_tasks_and_aliases_prefer_the_weights_tasks() -> None:
     assert tasks.get_dataset("openkbp").tasks == tuple(KBP)
     assert tasks.get_dataset("openkbp").modality == "ct"
-    assert tasks.resolve(["larynx", "mandible", "left parotid"]) == [KBP[5], KBP[6], KBP[3]]
+    assert tasks.resolve(["larynx", "mandible"]) == [KBP[5], KBP[6]]
+    # StructSeg H&N (the authors' released tasks) holds the parotids too and is the registry
+    # default; weights with only OpenKBP's parotid get theirs (below).
+    assert tasks.resolve(["left parotid"]) == ["structseg_hn/parotid_left"]
     assert tasks.resolve(["esophagus"]) == ["amos/esophagus"]  # registry default unchanged
     available = [*KBP, "hippocampus/anterior", "hippocampus/posterior"]
-    got = tasks.resolve(["esophagus", "spinal_cord", "brainstem"], "ct", available=available)
-    assert got == ["openkbp/esophagus", "openkbp/spinal_cord", "openkbp/brainstem"]
+    got = tasks.resolve(["esophagus", "spinal_cord", "brainstem", "left parotid"], "ct",
+                        available=available)  # fmt: skip
+    assert got == ["openkbp/esophagus", "openkbp/spinal_cord", "openkbp/brainstem", KBP[3]]
 
 
 def _need_data() -> None:

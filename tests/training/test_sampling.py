@@ -109,7 +109,9 @@ def test_batches_pad_tasks_and_weights_pick_datasets(two_datasets: list[CachedDa
     assert batch.task_idx.tolist() == [[0, 1], [0, 1], [2, -1]]
     assert batch.task_mask.tolist() == [[True, True], [True, True], [True, False]]
     assert int(batch.targets[2, 1].sum()) == 0
-    assert batch.modality_idx.tolist() == [1, 1, 1]
+    assert batch.modality_idx.tolist() == [5, 5, 5]  # the registry's mr row (no model rows given)
+    rows = MixedBatchSampler(two_datasets, TASKS, (8, 8, 8), seed=2, modalities=["ct", "mr"])
+    assert {rows.sample().modality for _ in range(5)} == {1}  # a ct/mr model's own mr row
 
 
 def test_state_round_trip_gives_identical_next_batches(two_datasets: list[CachedDataset]) -> None:
