@@ -218,3 +218,28 @@ def copy_ct_series_with_uids(target: Path) -> Path:
         ds.decompress()
         ds.save_as(target / path.name)
     return target
+
+
+#: Set in the child pytest that runs the ``workers`` tests (tests/test_worker_processes.py).
+WORKER_TESTS_ENV = "HERMES_WORKER_TESTS"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that start DataLoader worker processes run in a fresh pytest of their own.
+
+    In one process, DataLoader workers plus OpenVINO running a Hermes network (the engine tests,
+    and every Segmenter whose auto engine is OpenVINO) ended in SIGSEGV of the whole process at
+    the next worker or subprocess start (openvino 2026.4, torch 2.13, AMX CPU). ``hermes train``
+    never runs OpenVINO and ``hermes segment`` starts no workers, so the CLI is not affected.
+    Here the ``workers`` tests are deselected and ``test_worker_processes.py`` (sorted first,
+    before anything loads OpenVINO) runs them in a child pytest.
+    """
+    import os
+
+    if os.environ.get(WORKER_TESTS_ENV) == "1":
+        return
+    workers = [item for item in items if item.get_closest_marker("workers") is not None]
+    if workers:
+        config.hook.pytest_deselected(items=workers)
+        items[:] = [item for item in items if item.get_closest_marker("workers") is None]
+    items.sort(key=lambda item: "test_worker_processes" not in item.nodeid)

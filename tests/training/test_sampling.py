@@ -137,6 +137,7 @@ def test_state_round_trip_gives_identical_next_batches(two_datasets: list[Cached
         MixedBatchSampler(two_datasets[:1], TASKS, (8, 8, 8), seed=5).load_state_dict(state)
 
 
+@pytest.mark.workers
 def test_loader_workers_give_the_in_process_stream(two_datasets: list[CachedDataset]) -> None:
     reference = MixedBatchSampler(two_datasets, TASKS, (8, 8, 8), seed=4)
     want = [reference.next_batch(3) for _ in range(3)]
