@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_worker_process_tests_pass_in_a_fresh_process() -> None:
     env = {**os.environ, WORKER_TESTS_ENV: "1"}
+    selection = "workers and not slow and not gpu"
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=", "-q",
-               "-m", "workers and not slow and not gpu", str(ROOT / "tests" / "training")]  # fmt: skip
+               "-m", selection, str(ROOT / "tests" / "training")]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "2 passed" in result.stdout, result.stdout[-2000:]
