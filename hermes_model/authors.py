@@ -375,7 +375,7 @@ def import_authors_checkpoint(
             f"11 datasets, width {model.config.base_channels}; converted from {source.name}"
         ),
     )
-    result = ImportResult(
+    return ImportResult(
         path=path,
         sha256=sha256_file(path),
         weights=taken,
@@ -383,7 +383,6 @@ def import_authors_checkpoint(
         parameters=parameters,
         dropped=tuple(dropped),
     )
-    return result
 
 
 def register(result: ImportResult, name: str, *, replace: bool = False) -> Path:

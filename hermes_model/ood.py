@@ -170,20 +170,17 @@ def _outside(value: np.ndarray, low: np.ndarray, high: np.ndarray, factor: float
 
 def _problems(scan: ScanStatistics, entry: Mapping[str, Any]) -> list[str]:
     found = []
-    spacing = entry.get("spacing_mm", {})
-    low, high = np.asarray(spacing.get("min", [])), np.asarray(spacing.get("max", []))
-    if low.size == 3 and _outside(np.asarray(scan.spacing_mm), low, high, SPACING_FACTOR):
-        found.append(
-            f"spacing {_axes(scan.spacing_mm, 2)} mm (training {_axes(low, 2)} to "
-            f"{_axes(high, 2)} mm)"
-        )
-    fov = entry.get("fov_mm", {})
-    low, high = np.asarray(fov.get("min", [])), np.asarray(fov.get("max", []))
-    if low.size == 3 and _outside(np.asarray(scan.fov_mm), low, high, FOV_FACTOR):
-        found.append(
-            f"field of view {_axes(scan.fov_mm, 0)} mm (training {_axes(low, 0)} to "
-            f"{_axes(high, 0)} mm)"
-        )
+    for what, key, measured, factor, digits in (
+        ("spacing", "spacing_mm", scan.spacing_mm, SPACING_FACTOR, 2),
+        ("field of view", "fov_mm", scan.fov_mm, FOV_FACTOR, 0),
+    ):
+        extent = entry.get(key, {})
+        low, high = np.asarray(extent.get("min", [])), np.asarray(extent.get("max", []))
+        if low.size == 3 and _outside(np.asarray(measured), low, high, factor):
+            found.append(
+                f"{what} {_axes(measured, digits)} mm (training {_axes(low, digits)} to "
+                f"{_axes(high, digits)} mm)"
+            )
     intensity = entry.get("intensity", {})
     low, high = np.asarray(intensity.get("min", [])), np.asarray(intensity.get("max", []))
     if intensity.get("units") == scan.units and low.size == len(scan.intensity):

@@ -192,11 +192,11 @@ class Segmenter:
         """The weights' modality row for ``modality``: itself, else (for an MR sequence the
         weights lack, such as ``mr-t2`` on ct/mr weights) the generic ``mr`` row, with a note."""
         known = self.model.modalities
-        if modality in known:
+        row = registry.modality_row(modality, known)
+        if row == modality:
             return modality, []
-        family = registry.modality_family(modality)
-        if family == "mr" and "mr" in known:
-            return "mr", [f"{source}: these weights have no {modality} row; using their mr row"]
+        if row is not None:
+            return row, [f"{source}: these weights have no {modality} row; using their {row} row"]
         raise TaskError(
             f"{source}: the weights know {', '.join(known)}, not {modality}; pass --modality "
             "to force one"

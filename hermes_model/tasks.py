@@ -28,6 +28,7 @@ __all__ = [
     "MODALITIES",
     "FAMILIES",
     "modality_family",
+    "modality_row",
     "Task",
     "Dataset",
     "all_tasks",
@@ -463,6 +464,17 @@ def normalize_modality(name: str) -> str:
 def modality_family(name: str) -> str:
     """``ct``, ``mr`` or ``pet``: every MR row (``mr-t1``, ``mr-cine``, ...) is ``mr``."""
     return _family(normalize_modality(name))
+
+
+def modality_row(modality: str, rows: Sequence[str]) -> str | None:
+    """Which of a model's modality ``rows`` serves ``modality``: itself, else (an MR sequence
+    the model lacks, such as ``mr-t2`` on ct/mr weights) the generic ``mr`` row; None if
+    neither."""
+    if modality in rows:
+        return modality
+    if modality_family(modality) == "mr" and "mr" in rows:
+        return "mr"
+    return None
 
 
 def modality_index(name: str) -> int:

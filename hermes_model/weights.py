@@ -69,7 +69,6 @@ def save_checkpoint(
         **metadata: JSON-serialisable extras (provenance, licence, name, recipe...).
     """
     import torch
-    from safetensors.torch import save_file
 
     from hermes_model import __version__
 
@@ -90,12 +89,19 @@ def save_checkpoint(
         "hermes_version": __version__,
         **metadata,
     }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _write(tensors, doc, path)
+
+
+def _write(tensors: dict[str, Any], doc: dict[str, Any], path: Path) -> Path:
+    """``tensors`` and the metadata ``doc`` to ``path`` atomically (temporary file, rename)."""
+    from safetensors.torch import save_file  # torch keeps bfloat16, which numpy has not
+
     try:
         text = json.dumps(doc, sort_keys=True)
     except TypeError as error:
         raise WeightsError(f"checkpoint metadata is not JSON-serialisable: {error}") from error
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -169,25 +175,11 @@ def replace_metadata(
     document that is not JSON-serialisable.
     """
     from safetensors import safe_open
-    from safetensors.torch import save_file  # torch keeps bfloat16, which numpy has not
 
     read_metadata(source)  # the usual checks and messages
     with safe_open(str(source), framework="pt") as handle:
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    try:
-        text = json.dumps(doc, sort_keys=True)
-    except TypeError as error:
-        raise WeightsError(f"checkpoint metadata is not JSON-serialisable: {error}") from error
-    target = Path(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={_KEY: text})
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return _write(tensors, doc, Path(target))
 
 
 def load_checkpoint(

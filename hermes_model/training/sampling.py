@@ -362,10 +362,9 @@ def make_loader(
 def _modality_row(modality: str, rows: Sequence[str]) -> int:
     """The row of ``modality`` among a model's modality rows; an MR sequence the model lacks
     uses its generic ``mr`` row (weights saved with the rows ``ct``, ``mr``)."""
-    from hermes_model.tasks import modality_family
+    from hermes_model.tasks import modality_row
 
-    if modality in rows:
-        return list(rows).index(modality)
-    if modality_family(modality) == "mr" and "mr" in rows:
-        return list(rows).index("mr")
+    row = modality_row(modality, rows)
+    if row is not None:
+        return list(rows).index(row)
     raise ConfigError(f"modality {modality!r} is not among the model's rows {list(rows)}")
