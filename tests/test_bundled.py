@@ -1,5 +1,6 @@
-"""The bundled model: registered with the right sha256, used by default offline, accurate on
-held-out scans, and giving the same masks whatever the scan's axis order or intensity scale."""
+"""The bundled models: registered with the right sha256, the universal one used by default
+offline, accurate on held-out scans (CT and MR), and giving the same masks whatever the scan's
+axis order or intensity scale."""
 
 from __future__ import annotations
 
@@ -20,13 +21,21 @@ from hermes_model.weights import read_metadata, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-NAME = "hippocampus-hermes-r"
-TASKS = ["hippocampus/anterior", "hippocampus/posterior"]
+NAME = "universal-hermes-r"
+LEGACY = "hippocampus-hermes-r"
+HIPPOCAMPUS = ["hippocampus/anterior", "hippocampus/posterior"]
+#: label value i of the OpenKBP label files is OPENKBP[i - 1] (train/datasets/openkbp.toml)
+OPENKBP = [
+    "openkbp/brainstem", "openkbp/spinal_cord", "openkbp/parotid_right", "openkbp/parotid_left",
+    "openkbp/esophagus", "openkbp/larynx", "openkbp/mandible",
+]  # fmt: skip
+#: two OpenKBP test cases with all 7 structures contoured (the two smallest files of the 17)
+CT_CASES = ["openkbp_286", "openkbp_307"]
 
 
 @pytest.fixture(scope="module")
-def entry() -> hub.WeightsEntry:
-    return hub.load_registry(ROOT / "weights.toml")[NAME]
+def registry() -> dict[str, hub.WeightsEntry]:
+    return hub.load_registry(ROOT / "weights.toml")
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +43,31 @@ def segmenter() -> Segmenter:
     return Segmenter(device="cpu")
 
 
-def test_registry_entry_matches_the_shipped_file(entry: hub.WeightsEntry) -> None:
+def test_registry_entry_matches_the_shipped_file(registry: dict[str, hub.WeightsEntry]) -> None:
+    entry = registry[NAME]
     path = hub.ASSETS_DIR / entry.filename
     assert entry.source == "package" and entry.default
     assert sha256_file(path) == entry.sha256
-    assert path.stat().st_size <= 20e6
+    assert path.stat().st_size <= 25e6
     meta = read_metadata(path)
-    assert meta["task_ids"] == list(entry.tasks) == TASKS
+    assert meta["task_ids"] == list(entry.tasks)
+    assert sorted(entry.tasks) == sorted(OPENKBP + HIPPOCAMPUS)
     assert meta["licence"] == entry.licence == "CC-BY-SA-4.0"
-    assert "CC BY-SA 4.0" in meta["data"] and meta["name"] == NAME
+    assert "CC BY-SA 4.0" in meta["data"] and "OpenKBP" in meta["data"] and meta["name"] == NAME
     assert hub.resolve_weights(None).sha256 == entry.sha256
+    # Each task group: the grid it was trained on, and what its training scans looked like.
+    assert set(meta["group_spacing"]) == set(meta["task_groups"].values()) == {
+        "openkbp", "hippocampus"
+    }  # fmt: skip
+    for group, stats in meta["training_statistics"].items():
+        assert stats["cases"] == {"openkbp": 166, "hippocampus": 188}[group]
+
+
+def test_earlier_bundled_model_still_loads_by_name(registry: dict[str, hub.WeightsEntry]) -> None:
+    entry = registry[LEGACY]
+    assert entry.source == "package" and not entry.default
+    assert sha256_file(hub.ASSETS_DIR / entry.filename) == entry.sha256
+    assert hub.resolve_weights(LEGACY).sha256 == entry.sha256
 
 
 def test_first_readme_command_works_offline(tmp_path: Path, monkeypatch) -> None:
@@ -56,15 +80,53 @@ def test_first_readme_command_works_offline(tmp_path: Path, monkeypatch) -> None
     labels = nib.load(tmp_path / "hippocampus_001.nii.gz")
     truth = nib.load(EXAMPLES / "labels" / "hippocampus_001.nii.gz")
     np.testing.assert_array_equal(labels.affine, truth.affine)
+    assert set(np.unique(np.asarray(labels.dataobj))) <= {0, 1, 2}  # MR: hippocampus tasks only
     assert (tmp_path / "hippocampus_001.png").stat().st_size > 0
 
 
+def test_readme_ct_example_works_offline(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    scan = EXAMPLES / f"{CT_CASES[0]}.nii.gz"
+    args = ["segment", str(scan), "-o", str(tmp_path), "--preview",
+            "--tasks", "parotid_left,parotid_right,mandible"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    legend = json.dumps(json.loads((tmp_path / f"{CT_CASES[0]}.json").read_text()))
+    for task in ("openkbp/parotid_left", "openkbp/parotid_right", "openkbp/mandible"):
+        assert task in legend
+    labels = nib.load(tmp_path / f"{CT_CASES[0]}.nii.gz")
+    truth = nib.load(EXAMPLES / "labels" / f"{CT_CASES[0]}.nii.gz")
+    np.testing.assert_array_equal(labels.affine, truth.affine)
+    assert labels.shape == truth.shape
+    assert (tmp_path / f"{CT_CASES[0]}.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize("case", ["001", "003", "026"])
-def test_accurate_on_held_out_examples(segmenter: Segmenter, case: str) -> None:
+def test_accurate_on_held_out_mr_examples(segmenter: Segmenter, case: str) -> None:
     result = segmenter.segment(EXAMPLES / f"hippocampus_{case}.nii.gz")
+    assert result.modality == "mr" and result.task_ids == HIPPOCAMPUS
     truth, _ = read_image(EXAMPLES / "labels" / f"hippocampus_{case}.nii.gz")
-    for value, task in enumerate(TASKS, start=1):
+    for value, task in enumerate(HIPPOCAMPUS, start=1):
         assert dice(result.mask(task), truth == value) > 0.8, task
+
+
+@pytest.fixture(scope="module")
+def ct_results(segmenter: Segmenter) -> dict[str, object]:
+    return {case: segmenter.segment(EXAMPLES / f"{case}.nii.gz") for case in CT_CASES}
+
+
+@pytest.mark.parametrize("case", CT_CASES)
+def test_accurate_on_held_out_ct_examples(ct_results: dict, case: str) -> None:
+    result = ct_results[case]
+    assert result.modality == "ct" and sorted(result.task_ids) == sorted(OPENKBP)
+    truth, _ = read_image(EXAMPLES / "labels" / f"{case}.nii.gz")
+    # Both cases contour all 7 structures (splits.json "contoured"). Where two contours overlap
+    # the label file keeps the higher value, which costs a task a few voxels of Dice here.
+    scores = {}
+    for value, task in enumerate(OPENKBP, start=1):
+        assert (truth == value).any(), task
+        scores[task] = dice(result.mask(task), truth == value)
+    assert min(scores.values()) > 0.7, scores
 
 
 def _reoriented(
@@ -81,9 +143,15 @@ def _reoriented(
     [np.array([[0, -1], [1, 1], [2, -1]]), np.array([[2, 1], [0, -1], [1, 1]])],
     ids=["flipped", "permuted+flipped"],
 )
-def test_same_masks_for_flipped_or_permuted_axes(segmenter: Segmenter, ornt: np.ndarray) -> None:
-    array, meta = read_image(EXAMPLES / "hippocampus_003.nii.gz")
-    reference = segmenter.segment((array, meta)).labels()
+@pytest.mark.parametrize("case", ["hippocampus_003", CT_CASES[1]])
+def test_same_masks_for_flipped_or_permuted_axes(
+    segmenter: Segmenter, ct_results: dict, ornt: np.ndarray, case: str
+) -> None:
+    array, meta = read_image(EXAMPLES / f"{case}.nii.gz")
+    if case in ct_results:
+        reference = ct_results[case].labels()
+    else:
+        reference = segmenter.segment((array, meta)).labels()
     moved, moved_meta = _reoriented(array, meta, ornt)
     labels = segmenter.segment((moved, moved_meta)).labels()
     inverse = np.zeros_like(ornt)
@@ -101,8 +169,9 @@ def test_same_masks_for_rescaled_intensities(segmenter: Segmenter) -> None:
     assert np.mean(rescaled == reference) > 0.999
 
 
-#: sha256 of the label maps (uint8, C order) that hippocampus-hermes-r gave on examples/ in fp32
-#: before the paper-parity network change: checkpoints saved earlier must compute what they did.
+#: sha256 of the label maps (uint8, C order) that the earlier bundled model (LEGACY) gave on
+#: examples/ in fp32 before the paper-parity network change: checkpoints saved earlier must
+#: compute what they did.
 LABEL_MAP_SHA256 = {
     "hippocampus_001": "1108675e479d9945b8ac3b22b72cb3e8d5ff2a83b7f3f2b1f778f1f0917047b5",
     "hippocampus_003": "d0a05d868dcb1910b75f2d3cdf96349551a0b3b202d814401dbca8d5310ab364",
@@ -113,7 +182,7 @@ LABEL_MAP_SHA256 = {
 def test_hippocampus_weights_give_the_same_masks_as_before_parity() -> None:
     import hashlib
 
-    segmenter = Segmenter(NAME, device="cpu", precision="fp32", engine="torch")
+    segmenter = Segmenter(LEGACY, device="cpu", precision="fp32", engine="torch")
     assert segmenter.model.config.fusion_order == "parallel"  # recorded by LEGACY_DEFAULTS
     assert not segmenter.model.config.null_token
     for case, expected in LABEL_MAP_SHA256.items():
