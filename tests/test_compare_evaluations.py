@@ -1,4 +1,4 @@
-"""scripts/compare_evaluations.py: the universal-minus-separate table (docs/universal-vs-separate.md)."""
+"""scripts/compare_evaluations.py: the universal-minus-separate table of the docs."""
 
 from __future__ import annotations
 
