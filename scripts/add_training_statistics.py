@@ -1,5 +1,8 @@
 """Add training statistics (for out-of-distribution warnings) to an existing checkpoint.
 
+``hermes train`` records them itself; this is for checkpoints written before it did, and for
+imported ones whose training data you have.
+
     python scripts/add_training_statistics.py hermes_model/assets/hippocampus-hermes-r.safetensors \
         --card hippocampus=train/datasets/hippocampus.toml [--split train] [--out FILE]
 

@@ -56,7 +56,7 @@ def test_registry_entry_matches_the_shipped_file(registry: dict[str, hub.Weights
     assert "CC BY-SA 4.0" in meta["data"] and "OpenKBP" in meta["data"] and meta["name"] == NAME
     assert hub.resolve_weights(None).sha256 == entry.sha256
     # Each task group: the grid it was trained on, and what its training scans looked like.
-    assert set(meta["group_spacing"]) == set(meta["task_groups"].values()) == {
+    assert set(meta["group_spacing"]) == set(meta["task_groups"]) == {
         "openkbp", "hippocampus"
     }  # fmt: skip
     for group, stats in meta["training_statistics"].items():

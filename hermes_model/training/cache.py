@@ -9,7 +9,9 @@ nearest-neighbour sampling (``preprocess.prepare_label``). Files, under
     <case_id>_label.npy   label (D, H, W) uint8, the dataset's own label values
     <case_id>_fg.npy      (N, 4) int32 rows (label value, d, h, w), sorted by value: up to 10 000
                           voxels per label value, seeded by the case id, for foreground patches
-    <case_id>.json        sidecar, written last: sources (size, mtime), grid, intensity, counts
+    <case_id>.json        sidecar, written last: sources (size, mtime), grid, intensity, counts,
+                          and the scan as read (``ood.scan_statistics``: spacing, field of view,
+                          intensity percentiles), which checkpoints summarise per task group
 
 ``key`` hashes the preprocessing settings, the card name and the cache format version, so a
 change of spacing or normalisation never reads stale arrays. Building is resumable (a case whose
@@ -50,7 +52,8 @@ _DTYPES = {"float16": np.float16, "float32": np.float32}
 class CachedCase:
     """One prepared case. ``foreground_counts``: label value -> rows stored in ``foreground``
     (every non-zero value present, whether or not the card maps it). ``annotated``: the task
-    ids the case annotates (card ``[annotated]``), None = all; not part of the cache key."""
+    ids the case annotates (card ``[annotated]``), None = all; not part of the cache key.
+    ``scan``: the source scan's ``ood.ScanStatistics`` as a dict."""
 
     case_id: str
     image: Path
@@ -60,6 +63,7 @@ class CachedCase:
     image_min: float
     foreground_counts: Mapping[int, int]
     annotated: frozenset[str] | None = None
+    scan: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,21 @@ class CachedDataset:
     def tasks(self) -> tuple[str, ...]:
         """Task ids in order of their label values (as ``DatasetCard.tasks``)."""
         return tuple(dict.fromkeys(self.labels[v] for v in sorted(self.labels)))
+
+    def training_statistics(self, mr_percentiles: Sequence[float], **extra: Any) -> dict[str, Any]:
+        """This dataset's entry in a checkpoint's ``training_statistics`` (``hermes_model.ood``)."""
+        from hermes_model import ood
+
+        scans = [
+            ood.ScanStatistics(
+                spacing_mm=tuple(c.scan["spacing_mm"]),  # type: ignore[index, arg-type]
+                fov_mm=tuple(c.scan["fov_mm"]),  # type: ignore[index, arg-type]
+                intensity=tuple(c.scan["intensity"]),  # type: ignore[index]
+                units=str(c.scan["units"]),  # type: ignore[index]
+            )
+            for c in self.cases
+        ]
+        return ood.summarise(scans, self.modality, card=self.name, **extra)
 
 
 def cache_key(card: DatasetCard, config: PreprocessConfig, dtype: str) -> str:
@@ -209,6 +228,7 @@ def _init_worker(threads: int) -> None:
 def _prepare_case(case: Case, job: dict[str, Any]) -> tuple[bool, Any]:
     """Prepare one case; (True, sidecar) or (False, message) for a user-facing problem."""
     from hermes_model.io import read_image
+    from hermes_model.ood import scan_statistics
     from hermes_model.preprocess import prepare, prepare_label
 
     try:
@@ -224,6 +244,7 @@ def _prepare_case(case: Case, job: dict[str, Any]) -> tuple[bool, Any]:
         if label.min() < 0 or label.max() > 255:
             raise ConfigError(f"{case.label} has label values outside 0..255")
         config = PreprocessConfig.from_dict(job["config"])
+        scan = scan_statistics(image, meta, job["modality"], config.mr_percentiles)
         prepared = prepare(image, meta, config, job["modality"], job["device"])
         mapped = prepare_label(label.astype(np.uint8), meta, prepared)
     except HermesError as error:
@@ -250,6 +271,7 @@ def _prepare_case(case: Case, job: dict[str, Any]) -> tuple[bool, Any]:
         "image_min": float(array.min()),
         "foreground_counts": {str(k): v for k, v in counts.items()},
         "label_voxels": {str(k): v for k, v in voxels.items()},
+        "scan_statistics": dataclasses.asdict(scan),
     }
     _write_atomic(folder / f"{case.case_id}.json", json.dumps(sidecar, indent=1).encode())
     return True, sidecar
@@ -287,6 +309,8 @@ def _finished(folder: Path, case: Case) -> dict[str, Any] | None:
     current = {"image": _stat(case.image), "label": _stat(case.label)}
     if sidecar.get("version") != CACHE_VERSION or sidecar.get("sources") != current:
         return None
+    if "scan_statistics" not in sidecar:  # written before checkpoints recorded them: redo
+        return None
     names = (f"{case.case_id}.npy", f"{case.case_id}_label.npy", f"{case.case_id}_fg.npy")
     return sidecar if all((folder / n).is_file() for n in names) else None
 
@@ -305,6 +329,7 @@ def _cached_case(
         image_min=float(sidecar["image_min"]),
         foreground_counts={int(k): int(v) for k, v in sidecar["foreground_counts"].items()},
         annotated=annotated,
+        scan=sidecar["scan_statistics"],
     )
 
 

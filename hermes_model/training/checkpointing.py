@@ -57,8 +57,28 @@ def save_weights(trainer: Trainer, name: str) -> Path:
         preprocess=trainer.recipe.preprocess,
         task_groups=trainer.groups,
         group_spacing=group_spacing(trainer),
+        training_statistics=training_statistics(trainer),
         **checkpoint_metadata(trainer),
     )
+
+
+def training_statistics(trainer: Trainer) -> dict[str, Any]:
+    """Per task group, what its training scans looked like (``hermes_model.ood``: spacing, field
+    of view, intensity percentiles), so that segment can warn about scans far outside it: the
+    run's datasets from their cache, the starting weights' other groups as they recorded them."""
+    from hermes_model.ood import KEY
+
+    start: dict[str, Any] = getattr(trainer.start.model, "metadata", {}) if trainer.start else {}
+    recorded = dict(start.get(KEY, {}))
+    own = {}
+    if trainer.total > 0 or trainer.start is None:
+        data = trainer.data
+        for entry, cached, config in zip(
+            trainer.recipe.datasets, data.train, data.preprocess, strict=True
+        ):
+            own[cached.name] = cached.training_statistics(config.mr_percentiles, split=entry.split)
+    known = {**recorded, **own}
+    return {group: known[group] for group in trainer.groups if group in known}
 
 
 def group_spacing(trainer: Trainer) -> dict[str, list[float]]:

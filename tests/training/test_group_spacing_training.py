@@ -1,14 +1,18 @@
-"""A recipe dataset with its own spacing: cached at it, recorded per group in the checkpoint."""
+"""A recipe dataset with its own spacing: cached at it, recorded per group in the checkpoint,
+with what the group's training scans looked like (for segment's out-of-distribution warnings)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from toy_data import MR_TASKS, SPACING, write_dataset, write_recipe
 
+from hermes_model import ood
 from hermes_model.errors import ConfigError
+from hermes_model.io import read_image
 from hermes_model.training.loop import train
 from hermes_model.training.recipe import load_recipe
 from hermes_model.weights import read_metadata
@@ -40,6 +44,21 @@ def test_each_dataset_is_cached_and_recorded_at_its_group_spacing(tmp_path: Path
         shapes[doc["case_id"]] = (tuple(doc["shape"]), tuple(doc["spacing"]))
     assert shapes["toymr_000"] == ((32, 32, 32), (SPACING,) * 3)
     assert shapes["toyct_000"] == ((16, 16, 16), (3.0, 3.0, 3.0))  # 32 voxels x 1.5 mm / 3 mm
+    # Each group's training scans, summarised from the cache (no second read of the images).
+    stats = meta[ood.KEY]
+    assert set(stats) == {"toymr", "toyct"}
+    for group, modality in (("toymr", "mr"), ("toyct", "ct")):
+        entry = stats[group]
+        assert entry["cases"] == 2 and entry["split"] == "train" and entry["modality"] == modality
+        assert entry["spacing_mm"] == {"min": [SPACING] * 3, "max": [SPACING] * 3}
+        assert entry["fov_mm"]["max"] == [32 * SPACING] * 3
+        assert entry["intensity"]["units"] == {"mr": "z", "ct": "HU"}[modality]
+    # A training scan is inside its group's range; the same scan at 5x the spacing is not.
+    array, image_meta = read_image(tmp_path / "toyct" / "imagesTr" / "toyct_000.nii.gz")
+    assert ood.check_scan(array, image_meta, "ct", meta, list(CT_TASKS.values())) == []
+    coarse = type(image_meta).from_affine(image_meta.affine @ np.diag([5, 5, 5, 1]), array.shape)
+    warnings = ood.check_scan(array, coarse, "ct", meta, list(CT_TASKS.values()))
+    assert len(warnings) == 1 and "toyct" in warnings[0]
 
 
 def test_a_bad_dataset_spacing_is_a_config_error(tmp_path: Path) -> None:
