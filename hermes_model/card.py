@@ -16,7 +16,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,20 +89,27 @@ def card_facts(checkpoint: str | os.PathLike[str]) -> CardFacts:
 def model_card(
     checkpoint: str | os.PathLike[str],
     *,
-    evaluation: str | os.PathLike[str] | None = None,
+    evaluation: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     repo_id: str | None = None,
     filename: str | None = None,
 ) -> str:
     """The model card (Markdown with YAML front matter) of ``checkpoint``.
 
     Args:
-        evaluation: a ``hermes evaluate --json`` report of these weights: its per-task figures
-            go into the card (InputError if it is not one, or names other tasks).
+        evaluation: ``hermes evaluate --json`` reports of these weights, e.g. one per dataset:
+            their per-task figures and metric definitions go into the card (InputError if one
+            is not such a report, evaluates other weights, or names other tasks).
         repo_id, filename: where the file is published (for the usage lines); default
             ``ORG/REPO`` and the file's name.
     """
     facts = card_facts(checkpoint)
-    report = _read_evaluation(Path(evaluation), facts) if evaluation is not None else None
+    if evaluation is None:
+        paths: list[str | os.PathLike[str]] = []
+    elif isinstance(evaluation, str | os.PathLike):
+        paths = [evaluation]
+    else:
+        paths = list(evaluation)
+    reports = [_read_evaluation(Path(path), facts) for path in paths]
     where = f"{repo_id or 'ORG/REPO'}@<commit>/{filename or facts.path.name}"
     sections = [
         _front_matter(facts),
@@ -111,7 +118,7 @@ def model_card(
         _model_section(facts),
         _preprocess_section(facts.metadata),
         _training_section(facts.metadata),
-        _evaluation_section(facts.metadata, report),
+        _evaluation_section(facts.metadata, reports),
         _usage_section(facts, where),
     ]
     return "\n".join(s for s in sections if s)
@@ -240,9 +247,9 @@ def _training_section(meta: dict[str, Any]) -> str:
     return "## Training\n\n" + "\n".join(lines) + "\n" + table
 
 
-def _evaluation_section(meta: dict[str, Any], report: dict[str, Any] | None) -> str:
+def _evaluation_section(meta: dict[str, Any], reports: Sequence[dict[str, Any]]) -> str:
     parts = []
-    if report is not None:
+    for report in reports:
         rows = [
             [f"`{t['task']}`", _plain(t.get("cases"))]
             + [_number(t.get(k)) for k in ("dice_mean", "surface_dice_mean", "hd95_mean_finite")]
@@ -254,6 +261,16 @@ def _evaluation_section(meta: dict[str, Any], report: dict[str, Any] | None) -> 
             f"`hermes evaluate` on {_eval_source(report)}: mean "
             f"Dice {_number(report.get('mean_dice'))} over {len(rows)} tasks.\n\n"
             + _markdown(columns, rows)
+        )
+    definitions: dict[str, str] = {}
+    for report in reports:
+        for metric, text in _dict(_dict(report.get("metrics")).get("definitions")).items():
+            definitions.setdefault(str(metric), str(text))
+    if definitions:
+        parts.append(
+            "Metric definitions (as `hermes evaluate` computed them):\n\n"
+            + "\n".join(f"- {metric}: {text}" for metric, text in definitions.items())
+            + "\n"
         )
     validation = _dict(_dict(meta.get("provenance")).get("validation"))
     scores = _dict(validation.get("tasks"))
@@ -271,7 +288,7 @@ def _eval_source(report: dict[str, Any]) -> str:
     """What was evaluated, in words, without the evaluating machine's paths."""
     source = _dict(report.get("source"))
     cases = len({str(c.get("case")) for c in report.get("cases", []) if isinstance(c, dict)})
-    counted = f" ({cases} cases)" if cases else ""
+    counted = f" ({cases} case{'' if cases == 1 else 's'})" if cases else ""
     if source.get("dataset"):
         overlap = source.get("overlap")
         window = f", sliding-window overlap {overlap}" if overlap is not None else ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def publish(
     repo_id: str,
     *,
     private: bool = False,
-    evaluation: str | os.PathLike[str] | None = None,
+    evaluation: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     name: str | None = None,
     replace: bool = False,
     filename: str | None = None,
@@ -79,7 +80,8 @@ def publish(
     Args:
         checkpoint: a Hermes ``.safetensors`` file (``hermes train`` writes ``best.safetensors``).
         repo_id: ``org/name``; created (private if ``private``) when it does not exist.
-        evaluation: a ``hermes evaluate --json`` report of these weights, for the card.
+        evaluation: ``hermes evaluate --json`` reports of these weights (one per dataset), for
+            the card.
         name: record the entry under this name in the personal registry; a taken name is refused
             before anything is uploaded, unless ``replace``.
         filename: path of the file in the repository (default ``<repo name>.safetensors``).

@@ -152,3 +152,26 @@ def test_licence_outside_the_hub_list(tmp_path: Path) -> None:
     )
     doc = front_matter(model_card(path))
     assert doc["license"] == "other" and doc["license_name"] == "LicenseRef-x"
+
+
+def test_card_with_one_evaluation_per_dataset(plain: Path, tmp_path: Path) -> None:
+    """Weights trained on several datasets: --eval once per report, each gets its own table, and
+    the metric definitions the reports name are listed once."""
+    amos = EvalReport([CaseResult("a1", "amos/liver", 0.9, 2.0, 0.8, 10.0, 11.0)],
+                      source={"dataset": "amos", "split": "test"})  # fmt: skip
+    hippo = EvalReport([CaseResult("h1", "hippocampus/anterior", 0.8, 1.0, 0.9, 1.0, 1.2)],
+                       source={"dataset": "hippocampus", "split": "test"})  # fmt: skip
+    paths = [amos.write_json(tmp_path / "a.json"), hippo.write_json(tmp_path / "h.json")]
+    out = tmp_path / "README.md"
+    args = ["weights", "card", str(plain), "-o", str(out), "--eval", str(paths[0]),
+            "--eval", str(paths[1])]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    section = out.read_text().split("## Evaluation", 1)[1]
+    assert "the test split of amos (1 case)" in section
+    assert "the test split of hippocampus (1 case)" in section
+    assert "| `amos/liver` | 1 | 0.900 |" in section
+    assert "| `hippocampus/anterior` | 1 | 0.800 |" in section
+    definitions = json.loads(paths[0].read_text())["metrics"]["definitions"]
+    for metric, text in definitions.items():
+        assert section.count(f"- {metric}: {text}") == 1

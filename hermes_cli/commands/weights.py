@@ -117,12 +117,13 @@ CheckpointArgument = Annotated[
     ),
 ]
 EvalOption = Annotated[
-    Path | None,
+    list[Path] | None,
     typer.Option(
         "--eval",
         help="A 'hermes evaluate --json' report of these weights: its per-task Dice, surface "
-        "Dice and HD95 go into the card. Default: none (the card shows only the validation "
-        "scores recorded in the checkpoint).",
+        "Dice and HD95, and the definitions of those metrics, go into the card. Repeat it for "
+        "weights evaluated on several datasets (one report each). Default: none (the card "
+        "shows only the validation scores recorded in the checkpoint).",
         dir_okay=False,
     ),
 ]
