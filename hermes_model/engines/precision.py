@@ -126,7 +126,10 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 #: with native bf16, per model size? ``python bench/train_amp.py --steps 2`` (Xeon with AMX,
 #: 2 shared cores, 2026-12-01, fp32 and bf16 interleaved): the bundled recipe's shapes
 #: (Hermes-R base 8, 8 x 32x48x32 patches) 23.3 s -> 17.3 s per step, 0.34 -> 0.46 patches/s,
-#: bf16 1.35x faster. Base (32 channels) was not measured on this shared CPU: fp32 until it is.
+#: bf16 1.35x faster. On the idle CPU (2026-12-01, ``python bench/bundled_recipe_step.py --batch 8
+#: --iterations 4 --warmup 1``): the bundled_universal recipe's width-12 Hermes-R on mixed
+#: OpenKBP/hippocampus batches of 8 x 64x64x48, 13.37 s -> 3.99 s per step, 0.60 -> 2.00
+#: patches/s, bf16 3.35x faster. Base (32 channels) was not measured on this CPU: fp32 until it is.
 CPU_TRAIN_BF16_FASTER: dict[str, bool] = {"small": True, "base": False}
 
 
