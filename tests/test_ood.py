@@ -1,6 +1,6 @@
 """hermes_model.ood: training statistics in the checkpoint, one warning for a scan unlike the
-training data (nibabel's whole-brain ``anatomical.nii`` on the hippocampus-crop model), and none
-on the held-out hippocampus test split."""
+training data (nibabel's whole-brain ``anatomical.nii`` for the hippocampus crops, an abdominal
+CT at 0.7 mm for the head-and-neck CT), and none on the held-out test splits of either."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from hermes_model.weights import read_metadata, replace_metadata
 ROOT = Path(__file__).resolve().parents[1]
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
 TASKS = ["hippocampus/anterior", "hippocampus/posterior"]
+CT_TASKS = ["openkbp/parotid_left", "openkbp/mandible"]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,31 @@ def test_no_false_alarms_on_the_held_out_test_split(bundled, data_dir: Path):
         array, meta = read_image(case.image)
         alarms += ood.check_scan(array, meta, "mr", bundled, TASKS)
     assert alarms == []  # false-alarm rate 0/52
+
+
+def test_bundled_model_records_its_ct_training_statistics(bundled):
+    entry = bundled[ood.KEY]["openkbp"]
+    assert entry["cases"] == 166 and entry["split"] == "train" and entry["modality"] == "ct"
+    assert entry["intensity"]["units"] == "HU"
+    low, high = entry["spacing_mm"]["min"], entry["spacing_mm"]["max"]
+    assert min(low) >= 2.7 and max(high) <= 5.5  # OpenKBP's 2.73-5.42 mm grids
+
+
+def test_no_false_alarms_on_the_held_out_ct_test_split(bundled, data_dir: Path):
+    card = load_card(ROOT / "train" / "datasets" / "openkbp.toml")
+    cases = card.cases("test")
+    assert len(cases) == 81
+    alarms = []
+    for case in cases:
+        array, meta = read_image(case.image)
+        alarms += ood.check_scan(array, meta, "ct", bundled, CT_TASKS)
+    assert alarms == []
+
+
+def test_abdominal_ct_is_unlike_the_head_and_neck_training_data(bundled, data_dir: Path):
+    array, meta = read_image(data_dir / "chaos_ct_liver" / "chaos_ct_sample_0000.nii.gz")
+    (line,) = ood.check_scan(array, meta, "ct", bundled, CT_TASKS)
+    assert "'openkbp'" in line and "spacing 0.73x0.73x2.00 mm" in line
 
 
 def test_checkpoint_without_statistics_gives_no_warnings(tmp_path: Path):

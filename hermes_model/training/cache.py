@@ -271,7 +271,7 @@ def _prepare_case(case: Case, job: dict[str, Any]) -> tuple[bool, Any]:
         "image_min": float(array.min()),
         "foreground_counts": {str(k): v for k, v in counts.items()},
         "label_voxels": {str(k): v for k, v in voxels.items()},
-        "scan_statistics": dataclasses.asdict(scan),
+        "scan_statistics": json.loads(json.dumps(dataclasses.asdict(scan))),  # as re-read
     }
     _write_atomic(folder / f"{case.case_id}.json", json.dumps(sidecar, indent=1).encode())
     return True, sidecar
