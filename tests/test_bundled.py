@@ -63,6 +63,11 @@ def test_registry_entry_matches_the_shipped_file(registry: dict[str, hub.Weights
         assert stats["cases"] == {"openkbp": 166, "hippocampus": 188}[group]
 
 
+def test_packaged_registry_is_the_repository_one() -> None:
+    packaged = (ROOT / "hermes_model" / "weights.toml").read_bytes()
+    assert packaged == (ROOT / "weights.toml").read_bytes()
+
+
 def test_earlier_bundled_model_still_loads_by_name(registry: dict[str, hub.WeightsEntry]) -> None:
     entry = registry[LEGACY]
     assert entry.source == "package" and not entry.default

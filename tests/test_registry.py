@@ -23,7 +23,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 TASKS = ["hippocampus/anterior", "hippocampus/posterior"]
-PACKAGED = "hippocampus-hermes-r"
+PACKAGED = "universal-hermes-r"
 runner = CliRunner()
 
 
