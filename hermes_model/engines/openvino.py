@@ -13,6 +13,7 @@ padded to the batch size.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -133,6 +134,11 @@ class OpenVINOEngine(Engine):
             "INFERENCE_NUM_THREADS": self.threads,
             "CACHE_DIR": str(folder / "blobs"),
         }
+        if self.threads < (os.cpu_count() or 1):
+            # OpenVINO pins its threads from core 0 up: two processes with one thread each (two
+            # evaluations, or --shard on one node) then share core 0 and leave the others idle
+            # (seen on this 2-core machine: 50% of one core each). Pin only when using all cores.
+            config["ENABLE_CPU_PINNING"] = False
         compiled = self.ov.Core().compile_model(str(xml), "CPU", config)
         request = compiled.create_infer_request()
         self._requests[shape] = request
