@@ -98,7 +98,8 @@ def test_bundled_model_records_its_ct_training_statistics(bundled):
     assert entry["cases"] == 166 and entry["split"] == "train" and entry["modality"] == "ct"
     assert entry["intensity"]["units"] == "HU"
     low, high = entry["spacing_mm"]["min"], entry["spacing_mm"]["max"]
-    assert min(low) >= 2.7 and max(high) <= 5.5  # OpenKBP's 2.73-5.42 mm grids
+    assert min(low[:2]) >= 2.7 and max(high[:2]) <= 5.5  # in-plane 2.73-5.42 mm
+    assert low[2] >= 1.5 and high[2] <= 3.3  # slices 1.5-3.3 mm
 
 
 def test_abdominal_ct_is_unlike_the_head_and_neck_training_data(bundled, data_dir: Path):

@@ -23,9 +23,16 @@ TASKS = ["hippocampus/anterior", "hippocampus/posterior"]
 
 @pytest.fixture(scope="module")
 def segmenters() -> dict[bool, Segmenter]:
-    """The bundled model, reference engine in fp32, with and without skipping."""
+    """The hippocampus model (its 32x48x32 windows set the crop and padding sizes below),
+    reference engine in fp32, with and without skipping."""
     return {
-        skip: Segmenter(device="cpu", engine="torch", precision="fp32", skip_background=skip)
+        skip: Segmenter(
+            "hippocampus-hermes-r",
+            device="cpu",
+            engine="torch",
+            precision="fp32",
+            skip_background=skip,
+        )  # fmt: skip
         for skip in (True, False)
     }
 
