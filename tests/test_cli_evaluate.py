@@ -63,3 +63,26 @@ def test_card_annotation_limits_the_scored_cases(tmp_path: Path) -> None:
           str(tmp_path / "r.json")])  # fmt: skip
     report = json.loads((tmp_path / "r.json").read_text())
     assert {t["task"]: t["cases"] for t in report["tasks"]} == {MR_TASKS[1]: 2, MR_TASKS[2]: 1}
+
+
+def test_one_unusable_scan_is_reported_and_the_others_are_scored(tmp_path: Path) -> None:
+    import torch
+
+    from hermes_model import create_model, save_checkpoint
+
+    card = write_dataset(tmp_path, "toymr", cases=3, val=2)
+    bad = tmp_path / "toymr" / "imagesTr" / "toymr_001.nii.gz"
+    image = nib.load(bad)
+    nib.save(nib.Nifti1Image(np.full(image.shape, 7.0, np.float32), image.affine), bad)  # blank
+    torch.manual_seed(0)
+    weights = save_checkpoint(create_model("tiny", tasks=list(MR_TASKS.values())),
+                              tmp_path / "w.safetensors")  # fmt: skip
+    out = tmp_path / "eval.json"
+    result = runner.invoke(app, ["evaluate", "--weights", str(weights), "--dataset", str(card),
+                                 "--split", "val", "--json", str(out)])  # fmt: skip
+    assert result.exit_code == 1
+    report = json.loads(out.read_text())
+    assert list(report["failed"]) == ["toymr_001"]
+    assert "toymr_001.nii.gz" in report["failed"]["toymr_001"]
+    assert {c["case"] for c in report["cases"]} == {"toymr_002"}
+    assert "could not be segmented; the others were scored" in result.output

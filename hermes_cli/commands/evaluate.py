@@ -171,3 +171,9 @@ def evaluate_command(
         for path, write in ((json_out, report.write_json), (csv_out, report.write_csv)):
             if path is not None:
                 err.print(f"wrote {write(path)}")
+        for message in report.failed.values():
+            err.print(f"[red]error:[/] {message} (not scored)", highlight=False, soft_wrap=True)
+        if report.failed:
+            err.print(f"{len(report.failed)} case(s) could not be segmented; the others were "
+                      "scored", highlight=False)  # fmt: skip
+            raise typer.Exit(1)

@@ -96,6 +96,8 @@ class EvalReport:
         rows: one :class:`CaseResult` per (case, task).
         source: what was compared (folders, or weights + card + split), as JSON-ready data.
         missing: ground-truth cases without a prediction (not scored).
+        failed: case id -> the one-line error that kept it from being segmented (not scored;
+            the other cases are).
         tolerance_mm: surface Dice tolerance.
         hd95_method / nsd_method: the metric definitions used (``metrics.DEFINITIONS``).
     """
@@ -106,6 +108,7 @@ class EvalReport:
     tolerance_mm: float = 1.0
     hd95_method: str = "pooled"
     nsd_method: str = "area"
+    failed: dict[str, str] = field(default_factory=dict)
 
     @property
     def tasks(self) -> list[str]:
@@ -155,6 +158,7 @@ class EvalReport:
             "mean_dice": _finite(self.mean_dice),
             "tasks": [{k: _finite(v) for k, v in asdict(s).items()} for s in self.summary()],
             "missing": self.missing,
+            "failed": self.failed,
             "cases": [
                 {**{k: _finite(v) for k, v in asdict(r).items()}, "status": r.status}
                 for r in self.rows
@@ -353,8 +357,15 @@ def evaluate_weights(
         )
     values = card.task_values()
     rows: list[CaseResult] = []
+    failed: dict[str, str] = {}
     for i, case in enumerate(cases):
-        result = segmenter.segment(case.image, tasks, card.modality, probabilities=False)
+        try:
+            result = segmenter.segment(case.image, tasks, card.modality, probabilities=False)
+        except InputError as error:  # one unusable scan must not lose the others' scores
+            failed[case.case_id] = str(error)
+            if progress is not None:
+                progress(i + 1, len(cases))
+            continue
         gt, meta = read_image(case.label)
         for task in tasks:
             if not is_annotated(case.annotated, task):
@@ -373,4 +384,4 @@ def evaluate_weights(
         "overlap": overlap,
         "skipped_tasks": [t for t in card.tasks if t not in tasks],
     }
-    return EvalReport(rows, source, [], tolerance_mm, hd95_method, nsd_method)
+    return EvalReport(rows, source, [], tolerance_mm, hd95_method, nsd_method, failed)
