@@ -64,6 +64,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
         sys.exit("the reports use different metric definitions or tolerances; re-evaluate both")
     cases_a, cases_b = _per_case(a), _per_case(b)
     rows = []
+    differences = []  # per task: the per-case Dice differences, for the mean's interval
     for task in cases_a:
         if task not in cases_b:
             continue
@@ -77,7 +78,8 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
             for c in common
             if _finite(cases_a[task][c]["hd95"]) and _finite(cases_b[task][c]["hd95"])
         ]
-        low, high = _bootstrap(dice_a - dice_b)
+        differences.append(dice_a - dice_b)
+        low, high = _bootstrap(differences[-1])
         rows.append({
             "task": task, "cases": len(common),
             "dice_a": dice_a.mean(), "dice_b": dice_b.mean(), "delta": (dice_a - dice_b).mean(),
@@ -96,10 +98,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     # The mean over tasks of per-case differences: bootstrap the cases of each task together.
     rng = np.random.default_rng(0)
     boot = np.zeros(RESAMPLES)
-    for row in rows:
-        task = row["task"]
-        common = sorted(set(cases_a[task]) & set(cases_b[task]))
-        diff = np.array([cases_a[task][c]["dice"] - cases_b[task][c]["dice"] for c in common])
+    for diff in differences:
         boot += diff[rng.integers(0, len(diff), size=(RESAMPLES, len(diff)))].mean(axis=1)
     boot /= len(rows)
     ci = (float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5)))

@@ -39,6 +39,7 @@ import numpy as np
 
 from hermes_model.config import PreprocessConfig
 from hermes_model.errors import ConfigError, HermesError
+from hermes_model.ood import ScanStatistics
 from hermes_model.training.cards import Case, DatasetCard
 
 __all__ = ["CACHE_VERSION", "CachedCase", "CachedDataset", "cache_key", "build_cache"]
@@ -53,7 +54,7 @@ class CachedCase:
     """One prepared case. ``foreground_counts``: label value -> rows stored in ``foreground``
     (every non-zero value present, whether or not the card maps it). ``annotated``: the task
     ids the case annotates (card ``[annotated]``), None = all; not part of the cache key.
-    ``scan``: the source scan's ``ood.ScanStatistics`` as a dict."""
+    ``scan``: the source scan's ``ood.ScanStatistics`` (spacing, field of view, intensities)."""
 
     case_id: str
     image: Path
@@ -63,7 +64,7 @@ class CachedCase:
     image_min: float
     foreground_counts: Mapping[int, int]
     annotated: frozenset[str] | None = None
-    scan: Mapping[str, Any] | None = None
+    scan: ScanStatistics | None = None
 
 
 @dataclass(frozen=True)
@@ -81,20 +82,12 @@ class CachedDataset:
         """Task ids in order of their label values (as ``DatasetCard.tasks``)."""
         return tuple(dict.fromkeys(self.labels[v] for v in sorted(self.labels)))
 
-    def training_statistics(self, mr_percentiles: Sequence[float], **extra: Any) -> dict[str, Any]:
+    def training_statistics(self, **extra: Any) -> dict[str, Any]:
         """This dataset's entry in a checkpoint's ``training_statistics`` (``hermes_model.ood``)."""
-        from hermes_model import ood
+        from hermes_model.ood import summarise
 
-        scans = [
-            ood.ScanStatistics(
-                spacing_mm=tuple(c.scan["spacing_mm"]),  # type: ignore[index, arg-type]
-                fov_mm=tuple(c.scan["fov_mm"]),  # type: ignore[index, arg-type]
-                intensity=tuple(c.scan["intensity"]),  # type: ignore[index]
-                units=str(c.scan["units"]),  # type: ignore[index]
-            )
-            for c in self.cases
-        ]
-        return ood.summarise(scans, self.modality, card=self.name, **extra)
+        scans = [c.scan for c in self.cases if c.scan is not None]
+        return summarise(scans, self.modality, card=self.name, **extra)
 
 
 def cache_key(card: DatasetCard, config: PreprocessConfig, dtype: str) -> str:
@@ -271,7 +264,7 @@ def _prepare_case(case: Case, job: dict[str, Any]) -> tuple[bool, Any]:
         "image_min": float(array.min()),
         "foreground_counts": {str(k): v for k, v in counts.items()},
         "label_voxels": {str(k): v for k, v in voxels.items()},
-        "scan_statistics": json.loads(json.dumps(dataclasses.asdict(scan))),  # as re-read
+        "scan_statistics": dataclasses.asdict(scan),
     }
     _write_atomic(folder / f"{case.case_id}.json", json.dumps(sidecar, indent=1).encode())
     return True, sidecar
@@ -319,6 +312,7 @@ def _cached_case(
     folder: Path, sidecar: Mapping[str, Any], annotated: frozenset[str] | None = None
 ) -> CachedCase:
     case_id = sidecar["case_id"]
+    scan = sidecar["scan_statistics"]
     d, h, w = (int(s) for s in sidecar["shape"])
     return CachedCase(
         case_id=case_id,
@@ -329,8 +323,18 @@ def _cached_case(
         image_min=float(sidecar["image_min"]),
         foreground_counts={int(k): int(v) for k, v in sidecar["foreground_counts"].items()},
         annotated=annotated,
-        scan=sidecar["scan_statistics"],
+        scan=ScanStatistics(
+            spacing_mm=_triple(scan["spacing_mm"]),
+            fov_mm=_triple(scan["fov_mm"]),
+            intensity=tuple(float(v) for v in scan["intensity"]),
+            units=str(scan["units"]),
+        ),
     )
+
+
+def _triple(values: Sequence[float]) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return a, b, c
 
 
 def _stat(path: Path) -> dict[str, int]:

@@ -68,15 +68,11 @@ def training_statistics(trainer: Trainer) -> dict[str, Any]:
     run's datasets from their cache, the starting weights' other groups as they recorded them."""
     from hermes_model.ood import KEY
 
-    start: dict[str, Any] = getattr(trainer.start.model, "metadata", {}) if trainer.start else {}
-    recorded = dict(start.get(KEY, {}))
+    recorded = dict(_start_metadata(trainer).get(KEY, {}))
     own = {}
     if trainer.total > 0 or trainer.start is None:
-        data = trainer.data
-        for entry, cached, config in zip(
-            trainer.recipe.datasets, data.train, data.preprocess, strict=True
-        ):
-            own[cached.name] = cached.training_statistics(config.mr_percentiles, split=entry.split)
+        for entry, cached in zip(trainer.recipe.datasets, trainer.data.train, strict=True):
+            own[cached.name] = cached.training_statistics(split=entry.split)
     known = {**recorded, **own}
     return {group: known[group] for group in trainer.groups if group in known}
 
@@ -87,8 +83,13 @@ def group_spacing(trainer: Trainer) -> dict[str, list[float]]:
     from hermes_model.group_spacing import spacing_for_group
 
     own = trainer.data.group_spacing
-    start: dict[str, Any] = getattr(trainer.start.model, "metadata", {}) if trainer.start else {}
+    start = _start_metadata(trainer)
     return {g: own[g] if g in own else list(spacing_for_group(start, g)) for g in trainer.groups}
+
+
+def _start_metadata(trainer: Trainer) -> dict[str, Any]:
+    """The starting weights' checkpoint metadata; empty for a run from scratch."""
+    return getattr(trainer.start.model, "metadata", {}) if trainer.start else {}
 
 
 def checkpoint(trainer: Trainer, position: int) -> None:

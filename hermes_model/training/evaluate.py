@@ -363,17 +363,15 @@ def evaluate_weights(
             result = segmenter.segment(case.image, tasks, card.modality, probabilities=False)
         except InputError as error:  # one unusable scan must not lose the others' scores
             failed[case.case_id] = str(error)
-            if progress is not None:
-                progress(i + 1, len(cases))
-            continue
-        gt, meta = read_image(case.label)
-        for task in tasks:
-            if not is_annotated(case.annotated, task):
-                continue  # the case does not annotate it: not scored (see the card)
-            gt_mask = np.isin(gt, values[task])
-            rows.append(
-                _score(case.case_id, task, result.mask(task), gt_mask, meta.spacing, options)
-            )
+        else:
+            gt, meta = read_image(case.label)
+            for task in tasks:
+                if not is_annotated(case.annotated, task):
+                    continue  # the case does not annotate it: not scored (see the card)
+                gt_mask = np.isin(gt, values[task])
+                rows.append(
+                    _score(case.case_id, task, result.mask(task), gt_mask, meta.spacing, options)
+                )
         if progress is not None:
             progress(i + 1, len(cases))
     source = {
