@@ -386,7 +386,14 @@ def _looks_like_hu(s: _Summary) -> float:
     """Confidence (0-1) that the intensities are CT Hounsfield units; 0 when they are not."""
     if s.in_range < 0.95 or s.high - s.low < 50:
         return 0.0
-    if s.air >= 0.01 and s.low <= -800 and s.soft >= 0.05:
+    # Soft tissue judged among the voxels that are not air: a small body in a wide field (a
+    # head-and-neck CT: 93% air, 5% soft tissue) is as much HU as a full abdomen.
+    soft_in_body = s.soft / max(1.0 - s.air, 1e-6)
+    if (
+        s.air >= 0.01
+        and s.low <= -800
+        and (s.soft >= 0.05 or (s.soft >= 0.01 and soft_in_body >= 0.3))
+    ):
         return 0.8 + 0.19 * min(1.0, s.air / 0.1)
     if s.air > 0.0 and s.soft >= 0.3:
         return 0.7

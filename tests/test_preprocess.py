@@ -380,6 +380,14 @@ def test_ct_not_in_hounsfield_units_is_refused(data_dir):
         check_image(mr, mr_meta, "ct")
 
 
+def test_ct_with_a_small_body_in_a_wide_field_is_hounsfield(data_dir):
+    # A real OpenKBP CT: 93% air and under 5% soft tissue (a neck in a 500 mm field) was once
+    # refused as "not Hounsfield units".
+    array, meta = read_image(data_dir / "openkbp" / "imagesTr" / "openkbp_295.nii.gz")
+    assert detect_modality(array, meta)[0] == "ct"
+    assert check_image(array, meta, "ct") == []
+
+
 def test_soft_problems_are_warnings(oblique_affine):
     ct = synthetic_ct()
     meta = ImageMeta.from_affine(np.diag([0.7, 0.7, 5.0, 1.0]), ct.shape, source="x.nii.gz")
