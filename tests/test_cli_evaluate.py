@@ -86,3 +86,11 @@ def test_one_unusable_scan_is_reported_and_the_others_are_scored(tmp_path: Path)
     assert "toymr_001.nii.gz" in report["failed"]["toymr_001"]
     assert {c["case"] for c in report["cases"]} == {"toymr_002"}
     assert "could not be segmented; the others were scored" in result.output
+
+
+def test_help_names_every_definition_and_the_annotated_table():
+    result = runner.invoke(app, ["evaluate", "--help"], terminal_width=120)
+    assert result.exit_code == 0, result.output
+    for words in ("Dice on voxels", "HD95 pooled", "--hd95 max", "area-weighted", "--nsd voxel"):
+        assert words in result.output
+    assert "[annotated] table" in result.output  # rich markup must not swallow it

@@ -132,10 +132,11 @@ def evaluate_command(
 ) -> None:  # fmt: skip
     """Dice, HD95 and surface Dice per task: weights on a dataset split, or predictions vs truth.
 
-    Definitions (named in the JSON report's "metrics"): Dice on voxels; HD95 pooled over both
-    directions (medpy, nnU-Net v1) or --hd95 max (MONAI); surface Dice area-weighted (DeepMind
-    surface-distance, MSD) or --nsd voxel (MONAI). A card's [annotated] limits each task to the
-    cases that annotate it.
+    Definitions (named in the JSON report's "metrics"):
+    - Dice on voxels;
+    - HD95 pooled over both directions (medpy, nnU-Net v1), or --hd95 max (MONAI);
+    - surface Dice area-weighted (DeepMind surface-distance, MSD), or --nsd voxel (MONAI).
+    A card's \\[annotated] table limits each task to the cases that annotate it.
     """
     if (pred is None) != (gt is None) or (pred is None and dataset is None):
         fail("give --weights/--dataset [--split], or --pred DIR --gt DIR", 2)
