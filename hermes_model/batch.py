@@ -81,6 +81,8 @@ class BatchOptions:
         shard: ``(index, count)``, 0-based index: process every count-th case from index.
         engine: what runs the network (``hermes_model.engines``): auto, torch, openvino, compile.
         norm_region: z-score region override (``volume``/``body``); None: the weights' own.
+        largest_component: tasks keeping only their largest connected component (``auto``: as
+            the weights record, ``all``, ``none`` or comma-separated task names).
         formats: label-map formats, any of ``dicom_out.FORMATS`` (DICOM ones need DICOM input).
         report: an HTML page for the batch (``hermes_model.report``), thumbnails beside it.
     """
@@ -102,6 +104,7 @@ class BatchOptions:
     shard: tuple[int, int] | None = None
     engine: str = "auto"
     norm_region: str | None = None
+    largest_component: str = "auto"
     formats: tuple[str, ...] = ("nifti",)
     report: Path | None = None
 
@@ -383,6 +386,7 @@ def segment_files(
         segmenter = Segmenter(
             options.weights, options.device, options.overlap, options.batch_size, options.tta,
             options.precision, engine=options.engine, norm_region=options.norm_region,
+            largest_component=options.largest_component,
         )  # fmt: skip
     if options.tasks:
         segmenter.select_tasks(options.tasks, None)  # unknown names fail before any case runs

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import io as stdio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from hermes_model import tasks as registry
+from hermes_model.components import largest_component_tensor
 from hermes_model.io import write_bytes_atomically
 from hermes_model.preprocess import Prepared, restore
 from hermes_model.result import SegmentationResult, label_dtype
@@ -92,6 +93,7 @@ def finalise(
     threshold: float = 0.5,
     keep_probabilities: bool = True,
     device: torch.device | None = None,
+    keep_largest: Collection[str] = (),
 ) -> Outputs:
     """Restore (T, D, H, W) model-grid probabilities to the input grid, threshold, label.
 
@@ -99,7 +101,9 @@ def finalise(
     probabilities' device (trilinear, ``preprocess.restore``), round to float16 (the precision of
     the kept and written maps) and threshold at ``threshold`` (mask = ``p16 >= threshold``), then
     update the label map with the precedence of the module docstring. Outputs go to ``device``
-    (default: the probabilities' device).
+    (default: the probabilities' device). The masks of the tasks in ``keep_largest`` keep only
+    their largest connected component (``components``) before they enter the label map; their
+    probability maps are kept as they are.
     """
     device = device or probabilities.device
     shape = tuple(prepared.meta.shape)
@@ -117,6 +121,8 @@ def finalise(
         prob = restore(probabilities[row : row + 1], prepared)[0].to(device)
         half = prob.half()
         mask = half >= threshold  # the same test on the float16 maps users get: no disagreement
+        if task_ids[row] in keep_largest:
+            mask = largest_component_tensor(mask)
         masks[row] = mask
         if kept is not None:
             kept[row] = half
@@ -167,6 +173,8 @@ def legend(
         }
         if files and task in files:
             entry["file"] = files[task]
+        if task in result.largest_component:
+            entry["largest_component_only"] = True
         labels.append(entry)
     meta = result.meta
     return {

@@ -48,6 +48,7 @@ class SegmentationResult:
         weights: name, sha256 and source of the checkpoint.
         windows: number of windows (per group and flip), skipped ones included.
         skipped_windows: of those, how many held only background and were not run.
+        largest_component: the tasks whose mask kept only its largest connected component.
     """
 
     task_ids: list[str]
@@ -64,6 +65,7 @@ class SegmentationResult:
     weights: dict[str, str] = field(default_factory=dict)
     windows: int = 0
     skipped_windows: int = 0
+    largest_component: list[str] = field(default_factory=list)
 
     def to(self, device: str | torch.device) -> SegmentationResult:
         """A copy whose tensors are on ``device`` (e.g. ``"cpu"`` before writing in a thread)."""

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hermes_model import postprocess
+from hermes_model import components, postprocess
 from hermes_model import tasks as registry
 from hermes_model.config import PreprocessConfig
 from hermes_model.device import StageClock, plan_memory, resolve_device
@@ -69,6 +69,9 @@ class Segmenter:
             are the same, the time is not.
         norm_region: override the weights' z-score region (``volume`` or ``body``; see
             ``PreprocessConfig.norm_region``); None keeps what the weights were trained with.
+        largest_component: tasks whose mask keeps only its largest connected component
+            (``components``): ``auto`` (those the weights record as chosen on validation),
+            ``all``, ``none`` or a list of task ids.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class Segmenter:
         engine: str = "auto",
         skip_background: bool = True,
         norm_region: str | None = None,
+        largest_component: str | Sequence[str] = "auto",
     ) -> None:
         from hermes_model.hub import resolve_weights
         from hermes_model.weights import load_checkpoint
@@ -99,6 +103,9 @@ class Segmenter:
             changed = {**self.preprocess.to_dict(), "norm_region": norm_region}
             self.preprocess = PreprocessConfig.from_dict(changed)  # refuses a bad value
         self.task_groups: dict[str, list[str]] = dict(metadata.get("task_groups", {}))
+        if isinstance(largest_component, str) and largest_component not in components.CHOICES:
+            largest_component = registry.resolve([largest_component], available=self.task_ids)
+        self.keep_largest = components.resolve_tasks(largest_component, self.task_ids, metadata)
         # CPU: 2, because torch picks its slow reference conv3d (not oneDNN) for a batch of one
         # whenever N*C*D*H <= 20480 (deep stages, small windows): 3.3x slower per window for
         # the bundled model's 32x48x32 windows (measured, torch 2.13, one thread).
@@ -243,7 +250,7 @@ class Segmenter:
         clock.lap("network")
         outputs = postprocess.finalise(
             probs, prepared, task_ids, keep_probabilities=keep_probabilities,
-            device=plan.output_device,
+            device=plan.output_device, keep_largest=self.keep_largest,
         )  # fmt: skip
         del probs
         clock.lap("restore")
@@ -263,6 +270,7 @@ class Segmenter:
             weights=dict(self.weights),
             windows=windows,
             skipped_windows=len(runs) * (2**3 if self.settings.tta else 1) * stats.skipped,
+            largest_component=[t for t in task_ids if t in self.keep_largest],
         )
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "read_metadata",
     "replace_metadata",
     "sha256_file",
+    "tensor_digest",
 ]
 
 FORMAT_VERSION = 1
@@ -164,6 +165,21 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"(reads up to {FORMAT_VERSION}); upgrade hermes-seg"
         )
     return doc
+
+
+def tensor_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, metadata excluded: equal for
+    two files whose tensors are bit-identical (``replace_metadata`` must keep it)."""
+    import torch
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as handle:
+        for key in sorted(handle.keys()):  # noqa: SIM118
+            tensor = handle.get_tensor(key).contiguous()
+            digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def replace_metadata(

@@ -18,26 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
-
 from hermes_model import ood
 from hermes_model.training.cards import load_card
-from hermes_model.weights import read_metadata, replace_metadata, sha256_file
-
-
-def _tensors(path: Path) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
-    """Each tensor's dtype, shape and raw bytes."""
-    with safe_open(str(path), framework="pt") as handle:
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    return {
-        key: (
-            str(t.dtype),
-            tuple(t.shape),
-            t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(),
-        )
-        for key, t in tensors.items()
-    }
+from hermes_model.weights import read_metadata, replace_metadata, sha256_file, tensor_digest
 
 
 def main() -> None:
@@ -60,14 +43,14 @@ def main() -> None:
         card = load_card(card_path)
         statistics[group] = ood.training_statistics(card, args.split, mr_percentiles)
         print(f"{group}: {statistics[group]['cases']} {args.split} cases of {card.name}")
-    before = _tensors(args.checkpoint)
+    before = tensor_digest(args.checkpoint)
     out = replace_metadata(
         args.checkpoint, args.out or args.checkpoint, {**doc, ood.KEY: statistics}
     )
-    after = _tensors(out)
+    after = tensor_digest(out)
     if before != after:
         sys.exit(f"{out}: tensors changed while rewriting the metadata; do not use this file")
-    print(f"{out}  {len(after)} tensors bit-identical  sha256 {sha256_file(out)}")
+    print(f"{out}  tensors bit-identical  sha256 {sha256_file(out)}")
 
 
 if __name__ == "__main__":

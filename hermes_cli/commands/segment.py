@@ -171,6 +171,16 @@ NormRegion = Annotated[
     ),
 ]
 
+LargestComponent = Annotated[
+    str,
+    typer.Option(
+        "--largest-component",
+        help="Tasks whose mask keeps only its largest connected piece (removes stray islands; "
+        "nnU-Net's post-processing): auto = the tasks the weights record as improved by it on "
+        "validation (none recorded: none), all, none, or comma-separated task names.",
+    ),
+]
+
 
 class _Bars:
     """Rich progress bars on stderr (cases and windows) fed by the batch observer hooks."""
@@ -233,7 +243,7 @@ def segment_command(
     skip_existing: SkipExisting = False, shard: Shard = None, tta: Tta = False,
     engine: Engine = EngineChoice.AUTO,  # type: ignore[attr-defined]
     norm_region: NormRegion = None, formats: Formats = None, report_page: Report = None,
-    debug: DebugOption = False,
+    largest_component: LargestComponent = "auto", debug: DebugOption = False,
 ) -> None:  # fmt: skip
     """Segment CT/MR scans: a label map + JSON legend per case, optional masks, stats, previews."""
     with handle_errors(debug):
@@ -248,6 +258,7 @@ def segment_command(
             stats=stats, skip_existing=skip_existing,
             shard=parse_shard(shard) if shard else None, engine=engine.value,
             norm_region=norm_region, formats=parse_formats(formats), report=report_page,
+            largest_component=largest_component,
         )  # fmt: skip
         bars = _Bars(debug)
         with bars.progress:

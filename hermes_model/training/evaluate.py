@@ -323,6 +323,7 @@ def evaluate_weights(
     progress: Progress | None = None,
     hd95_method: str = "pooled",
     nsd_method: str = "area",
+    largest_component: str = "auto",
 ) -> EvalReport:
     """Segment ``split`` of a dataset card with ``weights`` and score every task of the card
     that the weights know, on each image's own grid.
@@ -336,6 +337,7 @@ def evaluate_weights(
         tolerance_mm: surface Dice tolerance.
         progress: called with (cases done, cases total).
         hd95_method / nsd_method: ``metrics.HD95_METHODS`` / ``metrics.NSD_METHODS``.
+        largest_component: as ``Segmenter``; the tasks it applied to are in the report's source.
 
     Raises ConfigError (bad card or split, missing files, naming the case), TaskError (the
     weights know none of the card's tasks), WeightsError, InputError.
@@ -348,7 +350,8 @@ def evaluate_weights(
     card = load_card(card) if isinstance(card, str | Path) else card
     cases = validate(card, split, scan=False, known_tasks=card.tasks)
     cases = cases[:max_cases] if max_cases else cases
-    segmenter = Segmenter(weights, device=device, overlap=overlap)
+    segmenter = Segmenter(weights, device=device, overlap=overlap,
+                          largest_component=largest_component)  # fmt: skip
     tasks = [t for t in card.tasks if t in segmenter.task_ids]
     if not tasks:
         raise TaskError(
@@ -381,5 +384,6 @@ def evaluate_weights(
         "split": split,
         "overlap": overlap,
         "skipped_tasks": [t for t in card.tasks if t not in tasks],
+        "largest_component": [t for t in tasks if t in segmenter.keep_largest],
     }
     return EvalReport(rows, source, [], tolerance_mm, hd95_method, nsd_method, failed)

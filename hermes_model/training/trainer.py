@@ -374,9 +374,9 @@ class Trainer:
 
     def _validate(self) -> None:
         """Validate on rank 0 (the others wait); keep ``best.safetensors`` up to date."""
+        self.validated_at = self.iteration  # before best.safetensors records it
         if self.main:
             self._validate_here()
-        self.validated_at = self.iteration
         self.ctx.barrier()
 
     def _validate_here(self) -> None:

@@ -110,6 +110,8 @@ def test_state_is_safetensors_and_json_and_checkpoints_carry_provenance(
     assert (run / "log.csv").read_text().splitlines()[0].startswith("kind,iteration,epoch,loss")
     model = load_checkpoint(run / "best.safetensors")
     assert model.task_ids == list(MR_TASKS.values())
+    best = read_metadata(run / "best.safetensors")["provenance"]  # its scores and their iteration
+    assert best["validation"]["iteration"] == best["best"]["iteration"] == 2
 
 
 def test_a_run_folder_is_never_overwritten_and_resume_checks_the_recipe(
