@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hermes_model.components import METADATA_KEY as LARGEST_COMPONENT
 from hermes_model.errors import InputError, WeightsError
 from hermes_model.weights import read_metadata, sha256_file
 
@@ -210,6 +211,16 @@ def _preprocess_section(meta: dict[str, Any]) -> str:
         spatial = key in ("spacing", "patch_size") and isinstance(value, list)
         shown = " x ".join(map(str, value)) if spatial else _plain(value)
         lines.append(f"- {key}: {shown}{' mm' if key == 'spacing' else ''}")
+    for group, spacing in sorted(_dict(meta.get("group_spacing")).items()):
+        shown = " x ".join(map(str, spacing)) if isinstance(spacing, list) else _plain(spacing)
+        lines.append(f"- spacing of task group {group}: {shown} mm (replaces spacing above)")
+    chosen = meta.get(LARGEST_COMPONENT)
+    if isinstance(chosen, list):
+        names = ", ".join(f"`{t}`" for t in chosen) or "no task"
+        lines.append(
+            f"- post-processing: only the largest connected component is kept for {names} "
+            "(chosen on validation cases; `--largest-component` overrides it)"
+        )
     return "\n".join(lines) + "\n"
 
 

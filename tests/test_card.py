@@ -18,7 +18,7 @@ from hermes_model import create_model, hub, save_checkpoint, tasks
 from hermes_model.card import model_card
 from hermes_model.errors import InputError, WeightsError
 from hermes_model.training.evaluate import CaseResult, EvalReport
-from hermes_model.weights import read_metadata
+from hermes_model.weights import read_metadata, replace_metadata
 
 TASKS = ["amos/liver", "amos/spleen", "hippocampus/anterior"]
 runner = CliRunner()
@@ -175,3 +175,13 @@ def test_card_with_one_evaluation_per_dataset(plain: Path, tmp_path: Path) -> No
     definitions = json.loads(paths[0].read_text())["metrics"]["definitions"]
     for metric, text in definitions.items():
         assert section.count(f"- {metric}: {text}") == 1
+
+
+def test_card_names_group_spacing_and_post_processing(plain: Path, tmp_path: Path) -> None:
+    doc = {**read_metadata(plain), "group_spacing": {"ct_group": [4.0, 4.0, 2.5]},
+           "largest_component": ["amos/liver"]}  # fmt: skip
+    path = replace_metadata(plain, tmp_path / "pp.safetensors", doc)
+    card = model_card(path)
+    assert "- spacing of task group ct_group: 4.0 x 4.0 x 2.5 mm" in card
+    assert "only the largest connected component is kept for `amos/liver`" in card
+    assert "largest connected component" not in model_card(plain)
