@@ -110,6 +110,11 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
+def _mm(value: float) -> str:
+    """HD95 in mm, or a dash where no case had a finite one on both sides."""
+    return f"{value:.2f}" if math.isfinite(value) else "—"
+
+
 def markdown(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
     head = [
         "task", "cases", f"Dice {label_a}", f"Dice {label_b}", f"Δ Dice ({label_a} − {label_b})",
@@ -123,7 +128,7 @@ def markdown(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
             f"`{r['task']}`" if r["cases"] != "" else f"**{r['task']}**", str(r["cases"]),
             f"{r['dice_a']:.3f}", f"{r['dice_b']:.3f}", f"{r['delta']:+.3f}",
             f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]", f"{r['nsd_a']:.3f}", f"{r['nsd_b']:.3f}",
-            f"{r['hd95_a']:.2f}", f"{r['hd95_b']:.2f}{hd_note}",
+            _mm(r["hd95_a"]), _mm(r["hd95_b"]) + hd_note,
         ]) + " |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
