@@ -232,7 +232,7 @@ def _training_section(meta: dict[str, Any]) -> str:
         ("recipe", _text(meta.get("recipe")) or _text(recipe.get("source"))),
         ("data", _text(meta.get("data"))),
         ("mode", _text(prov.get("mode"))),
-        ("initialised from", _text(prov.get("init_weights"))),
+        ("initialised from", _init_weights(prov.get("init_weights"))),
         ("iterations", _plain(prov.get("total_iterations") or prov.get("iteration"))),
         ("best iteration", _best(best)),
         ("weights", _text(prov.get("weights"))),
@@ -449,6 +449,14 @@ def _markdown(columns: list[str], rows: list[list[str]]) -> str:
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _init_weights(value: Any) -> str:
+    """The starting weights: a name (older checkpoints) or {name, sha256, source}."""
+    if isinstance(value, dict):
+        name, digest = _text(value.get("name")), _text(value.get("sha256"))
+        return f"{name} (sha256 {digest})" if name and digest else name
+    return _text(value)
 
 
 def _text(value: Any) -> str:

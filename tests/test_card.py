@@ -177,11 +177,16 @@ def test_card_with_one_evaluation_per_dataset(plain: Path, tmp_path: Path) -> No
         assert section.count(f"- {metric}: {text}") == 1
 
 
-def test_card_names_group_spacing_and_post_processing(plain: Path, tmp_path: Path) -> None:
+def test_card_names_group_spacing_post_processing_and_starting_weights(
+    plain: Path, tmp_path: Path
+) -> None:
+    start = {"name": "v1", "sha256": "ab" * 32}
     doc = {**read_metadata(plain), "group_spacing": {"ct_group": [4.0, 4.0, 2.5]},
-           "largest_component": ["amos/liver"]}  # fmt: skip
+           "largest_component": ["amos/liver"],
+           "provenance": {"mode": "train", "init_weights": start}}  # fmt: skip
     path = replace_metadata(plain, tmp_path / "pp.safetensors", doc)
     card = model_card(path)
     assert "- spacing of task group ct_group: 4.0 x 4.0 x 2.5 mm" in card
     assert "only the largest connected component is kept for `amos/liver`" in card
+    assert f"- initialised from: v1 (sha256 {'ab' * 32})" in card
     assert "largest connected component" not in model_card(plain)
