@@ -26,6 +26,17 @@ DebugOption = Annotated[
     ),
 ]
 
+LargestComponentOption = Annotated[
+    str,
+    typer.Option(
+        "--largest-component",
+        help="Tasks whose mask keeps only its largest connected piece (removes stray islands; "
+        "nnU-Net's post-processing): auto = the tasks the weights record as improved by it on "
+        "validation (none recorded: none), all, none, or comma-separated task names. "
+        "hermes evaluate: with --weights.",
+    ),
+]
+
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one red line to stderr and exit with ``code``."""

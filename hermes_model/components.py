@@ -23,13 +23,14 @@ masks and the label map are.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from scipy import ndimage
 
 from hermes_model.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CHOICES",
@@ -53,6 +54,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     An empty mask, or one with a single component, is returned unchanged (the same array). Of
     components of equal size, the first in C order is kept.
     """
+    from scipy import ndimage  # here, not at import: the model card reads METADATA_KEY
+
     if mask.dtype != np.bool_:
         raise ValueError(f"largest_component needs a boolean mask, not {mask.dtype}")
     boxes = ndimage.find_objects(mask.view(np.uint8))
@@ -70,6 +73,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def largest_component_tensor(mask: torch.Tensor) -> torch.Tensor:
     """:func:`largest_component` of a boolean tensor, on the tensor's device."""
+    import torch
+
     kept = largest_component(mask.cpu().numpy())
     return torch.from_numpy(kept).to(mask.device)
 

@@ -16,7 +16,14 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from hermes_cli._common import DebugOption, err, fail, handle_errors, out
+from hermes_cli._common import (
+    DebugOption,
+    LargestComponentOption,
+    err,
+    fail,
+    handle_errors,
+    out,
+)
 from hermes_model.metric_definitions import DEFINITIONS, HD95_METHODS, NSD_METHODS
 
 if TYPE_CHECKING:
@@ -76,14 +83,6 @@ MaxCases = Annotated[
 ]  # fmt: skip
 
 # Choices come from the metric definitions; mypy cannot see the members.
-LargestComponent = Annotated[
-    str,
-    typer.Option(
-        "--largest-component",
-        help="With --weights: tasks whose mask keeps only its largest connected piece, as in "
-        "hermes segment (auto: what the weights record; all; none; or task names).",
-    ),
-]
 Hd95Choice = enum.Enum("Hd95Choice", {m: m for m in HD95_METHODS}, type=str)  # type: ignore[misc]
 NsdChoice = enum.Enum("NsdChoice", {m: m for m in NSD_METHODS}, type=str)  # type: ignore[misc]
 _HD95, _NSD = Hd95Choice(HD95_METHODS[0]), NsdChoice(NSD_METHODS[0])  # the defaults
@@ -137,7 +136,7 @@ def evaluate_command(
     gt: Gt = None, json_out: JsonOut = None, csv_out: CsvOut = None, device: Device = "auto",
     overlap: Overlap = 0.5, max_cases: MaxCases = 0, hd95: Hd95 = _HD95,
     nsd: Nsd = _NSD, tolerance_mm: Tolerance = 1.0,
-    largest_component: LargestComponent = "auto", debug: DebugOption = False,
+    largest_component: LargestComponentOption = "auto", debug: DebugOption = False,
 ) -> None:  # fmt: skip
     """Dice, HD95 and surface Dice per task: weights on a dataset split, or predictions vs truth.
 

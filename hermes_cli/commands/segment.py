@@ -15,7 +15,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.traceback import Traceback
 
-from hermes_cli._common import DebugOption, err, fail, handle_errors, out
+from hermes_cli._common import (
+    DebugOption,
+    LargestComponentOption,
+    err,
+    fail,
+    handle_errors,
+    out,
+)
 from hermes_model.options import ENGINES
 from hermes_model.tasks import MODALITIES
 
@@ -171,16 +178,6 @@ NormRegion = Annotated[
     ),
 ]
 
-LargestComponent = Annotated[
-    str,
-    typer.Option(
-        "--largest-component",
-        help="Tasks whose mask keeps only its largest connected piece (removes stray islands; "
-        "nnU-Net's post-processing): auto = the tasks the weights record as improved by it on "
-        "validation (none recorded: none), all, none, or comma-separated task names.",
-    ),
-]
-
 
 class _Bars:
     """Rich progress bars on stderr (cases and windows) fed by the batch observer hooks."""
@@ -243,7 +240,7 @@ def segment_command(
     skip_existing: SkipExisting = False, shard: Shard = None, tta: Tta = False,
     engine: Engine = EngineChoice.AUTO,  # type: ignore[attr-defined]
     norm_region: NormRegion = None, formats: Formats = None, report_page: Report = None,
-    largest_component: LargestComponent = "auto", debug: DebugOption = False,
+    largest_component: LargestComponentOption = "auto", debug: DebugOption = False,
 ) -> None:  # fmt: skip
     """Segment CT/MR scans: a label map + JSON legend per case, optional masks, stats, previews."""
     with handle_errors(debug):
