@@ -10,15 +10,25 @@ agrees with torch fp32 (random weights make bf16 look worse than trained weights
     python bench/engines.py --models hermes-r-small --sizes 96 --repeats 3
 
 Ratios are the figures to read: absolute seconds depend on how loaded the CPU is.
+
+Variants named by ``--isolate`` (default: openvino-bf16, which crashed this AMX CPU at 128³ in
+a tile-load instruction) run in a child process of their own, after the others: a crash there
+becomes a row that names the signal instead of ending the benchmark. They are timed on their own,
+not interleaved.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -53,6 +63,70 @@ def timed(engine: Engine, inputs: tuple[torch.Tensor, ...]) -> tuple[float, torc
     return time.perf_counter() - start, out
 
 
+def make_inputs(model: torch.nn.Module, tasks: list[str], size: int) -> tuple[torch.Tensor, ...]:
+    """The same window for the parent and any isolated child (seeded by the window size)."""
+    gen = torch.Generator().manual_seed(size)
+    image = torch.randn(1, 1, size, size, size, generator=gen)
+    task_idx = torch.tensor([model.task_index(tasks)])  # type: ignore[operator]
+    return image, task_idx, torch.zeros(1, dtype=torch.int64)
+
+
+def measure(variant: str, model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict:
+    """Build ``variant`` (and rebuild it from the cache when it has one): build seconds."""
+    engine, seconds = build(variant, model)
+    warm, _ = timed(engine, inputs)  # OpenVINO / compile convert on the first call
+    result: dict = {"engine": engine, "first": seconds + warm, "cached": None}
+    if variant.startswith(("openvino", "compile")):
+        engine, seconds = build(variant, model)  # a fresh engine: from the cache
+        warm, _ = timed(engine, inputs)
+        result.update(engine=engine, cached=seconds + warm)
+    return result
+
+
+def run_child(args: argparse.Namespace) -> None:
+    """One isolated variant: writes its figures as JSON to ``args.child_out``."""
+    from safetensors.torch import load_file
+
+    tasks = list(dataset_of("amos/liver", "ct").tasks)
+    torch.manual_seed(0)
+    model = create_model(args.models[0], tasks=tasks).eval()
+    inputs = make_inputs(model, tasks, args.sizes[0])
+    ref = load_file(args.child_ref)["logits"]
+    built = measure(args.child, model, inputs)
+    times = []
+    for _ in range(args.repeats):
+        seconds, out = timed(built["engine"], inputs)
+        times.append(seconds)
+    figures = {
+        "time": statistics.median(times),
+        "first": built["first"],
+        "cached": built["cached"],
+        "delta": float((out - ref).abs().max()),
+        "agree": float(((out > 0) == (ref > 0)).float().mean()),
+    }
+    Path(args.child_out).write_text(json.dumps(figures))
+
+
+def run_isolated(
+    variant: str, model_name: str, size: int, repeats: int, ref: torch.Tensor
+) -> dict | str:
+    """Figures of ``variant`` from a child process, or why it gave none."""
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory(prefix="hermes-bench-") as tmp:
+        ref_path, out_path = Path(tmp) / "ref.safetensors", Path(tmp) / "out.json"
+        save_file({"logits": ref.contiguous()}, str(ref_path))
+        command = [sys.executable, __file__, "--models", model_name, "--sizes", str(size),
+                   "--repeats", str(repeats), "--child", variant, "--child-ref", str(ref_path),
+                   "--child-out", str(out_path)]  # fmt: skip
+        code = subprocess.run(command, check=False).returncode
+        if code == 0 and out_path.exists():
+            return dict(json.loads(out_path.read_text()))
+    if code < 0:
+        return f"crashed ({signal.Signals(-code).name})"
+    return f"failed (exit {code})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -61,11 +135,25 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[96, 128])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS[:4]))
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per variant")
+    parser.add_argument(
+        "--isolate", nargs="*", choices=VARIANTS, default=["openvino-bf16"],
+        help="variants run in a child process each, so that a crash is reported, not fatal",
+    )  # fmt: skip
+    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--child-ref", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HERMES_CACHE_DIR", tempfile.mkdtemp(prefix="hermes-bench-cache-"))
-    variants = [v for v in args.variants if ov_available() or not v.startswith("openvino")]
+    if args.child:
+        run_child(args)
+        return
+    wanted = [v for v in args.variants if ov_available() or not v.startswith("openvino")]
+    if "torch-fp32" not in wanted:
+        wanted.insert(0, "torch-fp32")  # the reference of every ratio and Δlogit
+    isolated = [v for v in wanted if v in args.isolate and v != "torch-fp32"]
+    variants = [v for v in wanted if v not in isolated]
     tasks = list(dataset_of("amos/liver", "ct").tasks)
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     table = Table(
         title=f"{len(tasks)} tasks, batch 1, CPU {torch.get_num_threads()} threads "
         "(shared machine: read the ratios)"
@@ -76,19 +164,12 @@ def main() -> None:
     for name in args.models:
         torch.manual_seed(0)
         model = create_model(name, tasks=tasks).eval()
-        task_idx = torch.tensor([model.task_index(tasks)])
         for size in args.sizes:
-            inputs = (torch.randn(1, 1, size, size, size), task_idx, torch.zeros(1, dtype=int))
+            inputs = make_inputs(model, tasks, size)
             engines, first, cached = {}, {}, {}
             for v in variants:
-                engine, seconds = build(v, model)
-                warm, _ = timed(engine, inputs)  # OpenVINO / compile convert on the first call
-                first[v] = seconds + warm
-                if v.startswith(("openvino", "compile")):
-                    engine, seconds = build(v, model)  # a fresh engine: from the cache
-                    warm, _ = timed(engine, inputs)
-                    cached[v] = seconds + warm
-                engines[v] = engine
+                built = measure(v, model, inputs)
+                engines[v], first[v], cached[v] = built["engine"], built["first"], built["cached"]
             times: dict[str, list[float]] = {v: [] for v in variants}
             outs: dict[str, torch.Tensor] = {}
             for _ in range(args.repeats):
@@ -103,8 +184,19 @@ def main() -> None:
                 agree = float(((outs[v] > 0) == (ref > 0)).float().mean())
                 table.add_row(
                     name, f"{size}³", v, f"{t:.3f}", f"{base / t:.2f}x", f"{first[v]:.1f}",
-                    f"{cached[v]:.1f}" if v in cached else "—", f"{delta:.4f}",
+                    f"{cached[v]:.1f}" if cached[v] is not None else "—", f"{delta:.4f}",
                     f"{100 * agree:.2f}%",
+                )  # fmt: skip
+            for v in isolated:
+                got = run_isolated(v, name, size, args.repeats, ref)
+                if isinstance(got, str):
+                    table.add_row(name, f"{size}³", v, got, "—", "—", "—", "—", "—")
+                    continue
+                cached_s = "—" if got["cached"] is None else f"{got['cached']:.1f}"
+                table.add_row(
+                    name, f"{size}³", v + " (own process)", f"{got['time']:.3f}",
+                    f"{base / got['time']:.2f}x", f"{got['first']:.1f}", cached_s,
+                    f"{got['delta']:.4f}", f"{100 * got['agree']:.2f}%",
                 )  # fmt: skip
             console.print(table)  # after every window size: a long run that dies keeps its rows
             del engines, outs

@@ -68,6 +68,13 @@ def convert(model: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> Any:
         return ov.convert_model(model, example_input=inputs)
 
 
+def _config_digest(config: dict[str, Any]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
 class OpenVINOEngine(Engine):
     """The network compiled by OpenVINO for the CPU, fp32 or bf16 (module docstring)."""
 
@@ -128,17 +135,22 @@ class OpenVINOEngine(Engine):
             )
             self.ov.save_model(convert(self.model, example), xml, compress_to_fp16=False)
             seal(folder, key)
-        config = {
+        config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": self.threads,
-            "CACHE_DIR": str(folder / "blobs"),
         }
         if self.threads < (os.cpu_count() or 1):
             # OpenVINO pins its threads from core 0 up: two processes with one thread each (two
             # evaluations, or --shard on one node) then share core 0 and leave the others idle
             # (seen on this 2-core machine: 50% of one core each). Pin only when using all cores.
             config["ENABLE_CPU_PINNING"] = False
+        # One blob cache per compile configuration. OpenVINO 2026.4 keys its compiled-blob cache
+        # by the model, not by INFERENCE_PRECISION_HINT: a bf16 compile next to an fp32 blob of
+        # the same model loaded that blob under the bf16 runtime and gave NaN logits in the same
+        # process and SIGSEGV (an AMX tile load) in a new one. Measured with a fresh cache, bf16
+        # alone is finite (bench/engines.py).
+        config["CACHE_DIR"] = str(folder / f"blobs-{_config_digest(config)}")
         compiled = self.ov.Core().compile_model(str(xml), "CPU", config)
         request = compiled.create_infer_request()
         self._requests[shape] = request

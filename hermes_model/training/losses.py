@@ -15,6 +15,13 @@ With a tiny smooth an empty target gives a loss near 1 for any predicted foregro
 positives on a patch without the structure are penalised), and 0 only when the prediction is
 empty too; it only guards against 0/0. The authors' code uses 1e-6 and an adaptive Tversky
 weighting; this is the plain soft Dice of the paper's equation.
+
+``dice_reduction="batch"`` pools the sums of each task over the batch's samples that annotate it
+(nnU-Net's "batch Dice"), then averages over the tasks present in the batch. A patch without the
+structure then costs a false positive only through the pooled denominator, instead of a whole
+``1 - 0`` term: with per-sample Dice a small structure that is absent from most patches (OpenKBP's
+oesophagus: 56 of 166 training cases contour it, median 272 voxels at 4 mm) is pushed towards an
+empty prediction everywhere. The BCE term is the same in both modes.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LossTerms", "bce_dice_loss"]
+__all__ = ["DICE_REDUCTIONS", "LossTerms", "bce_dice_loss"]
+
+DICE_REDUCTIONS = ("sample", "batch")
 
 
 class LossTerms(NamedTuple):
@@ -41,6 +50,9 @@ def bce_dice_loss(
     mask: torch.Tensor,
     lambda_dice: float = 1.0,
     smooth: float = 1e-5,
+    *,
+    task_idx: torch.Tensor | None = None,
+    reduction: str = "sample",
 ) -> LossTerms:
     """BCE + lambda * Dice, averaged over the valid (sample, task) pairs.
 
@@ -51,10 +63,14 @@ def bce_dice_loss(
             slot whose task the sample's case annotates (``Batch.loss_mask``).
         lambda_dice: weight of the Dice term (paper: 1).
         smooth: Dice smoothing term.
+        task_idx: (B, T) model task index per slot; needed (only) by ``reduction="batch"``.
+        reduction: ``"sample"``: Dice per (sample, task) pair; ``"batch"``: per task, over the
+            pooled voxels of the valid pairs of that task.
 
     Returns:
         LossTerms. BCE is the voxel mean per (sample, task), then the mean over valid pairs; Dice
-        loss is ``1 - dice`` per valid pair, then the mean. No valid pair gives a zero loss
+        loss is ``1 - dice`` per valid pair (per task with ``reduction="batch"``), then the
+        mean. No valid pair gives a zero loss
         that still back-propagates (zeros) into ``logits``.
     """
     if logits.shape != targets.shape or logits.shape[:2] != mask.shape:
@@ -62,6 +78,10 @@ def bce_dice_loss(
             f"logits {tuple(logits.shape)}, targets {tuple(targets.shape)} and mask "
             f"{tuple(mask.shape)} must agree as (B, T, ...), (B, T, ...), (B, T)"
         )
+    if reduction not in DICE_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {DICE_REDUCTIONS}, got {reduction!r}")
+    if reduction == "batch" and (task_idx is None or task_idx.shape != mask.shape):
+        raise ValueError("reduction='batch' needs task_idx of the same (B, T) shape as mask")
     valid = mask.to(torch.bool)
     if not bool(valid.any()):
         zero = logits.sum() * 0.0
@@ -70,7 +90,14 @@ def bce_dice_loss(
     y = targets[valid].flatten(1).float()
     bce = F.binary_cross_entropy_with_logits(x, y, reduction="none").mean(dim=1)
     p = torch.sigmoid(x)
-    dice = (2 * (p * y).sum(1) + smooth) / (p.sum(1) + y.sum(1) + smooth)
+    inter, p_sum, y_sum = (p * y).sum(1), p.sum(1), y.sum(1)
+    if reduction == "batch":
+        assert task_idx is not None
+        tasks, group = torch.unique(task_idx.to(valid.device)[valid], return_inverse=True)
+        pooled = torch.zeros((3, len(tasks)), dtype=inter.dtype, device=inter.device)
+        pooled = pooled.index_add(1, group, torch.stack((inter, p_sum, y_sum)))
+        inter, p_sum, y_sum = pooled[0], pooled[1], pooled[2]
+    dice = (2 * inter + smooth) / (p_sum + y_sum + smooth)
     bce_mean, dice_loss = bce.mean(), (1 - dice).mean()
     total = bce_mean + lambda_dice * dice_loss
     return LossTerms(total, bce_mean.detach(), dice_loss.detach())

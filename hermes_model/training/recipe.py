@@ -19,7 +19,7 @@ A recipe names everything a run needs::
     [train]       batch size, iterations, AMP, grad clip, workers, cache, initialisation
     [optimizer]   lamb | adamw, lr, betas, weight decay, eps
     [schedule]    warm-up, then poly | exponential | constant decay
-    [loss]        lambda_dice, dice_smooth
+    [loss]        lambda_dice, dice_smooth, dice_reduction
     [augment]     see AugmentConfig
     [ema]         enabled, decay
     [validation]  every N iterations, split, sliding-window overlap
@@ -180,8 +180,12 @@ class ScheduleSettings:
 
 @dataclass(frozen=True)
 class LossSettings:
+    """``dice_reduction``: "sample" (Dice per sample and task, the paper's equation) or "batch"
+    (per task over the whole batch, nnU-Net's batch Dice; see ``losses.py``)."""
+
     lambda_dice: float = 1.0
     dice_smooth: float = 1e-5
+    dice_reduction: str = "sample"
 
 
 @dataclass(frozen=True)
@@ -481,6 +485,7 @@ _CHOICES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("optimizer", "name", ("lamb", "adamw")),
     ("schedule", "decay", ("poly", "exponential", "constant")),
     ("schedule", "warmup_shape", ("linear", "exponential")),
+    ("loss", "dice_reduction", ("sample", "batch")),  # losses.DICE_REDUCTIONS
 )
 
 

@@ -327,7 +327,13 @@ class Trainer:
         ):
             logits = self.net(image, batch.task_idx, batch.modality_idx)
         terms = bce_dice_loss(
-            logits, targets, batch.loss_mask, r.loss.lambda_dice, r.loss.dice_smooth
+            logits,
+            targets,
+            batch.loss_mask,
+            r.loss.lambda_dice,
+            r.loss.dice_smooth,
+            task_idx=batch.task_idx,
+            reduction=r.loss.dice_reduction,
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()

@@ -107,3 +107,25 @@ def test_the_openvino_engine_without_the_extra_names_the_pip_command(
     assert result.exit_code == 7, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and 'pip install "hermes-seg[openvino]"' in lines[0]
+
+
+@needs_openvino
+def test_bf16_next_to_an_fp32_entry_compiles_its_own_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenVINO keys its blob cache by the model, not the precision hint: sharing one blob folder
+    gave NaN logits (same process) and SIGSEGV (a new process) for bf16 after fp32."""
+    monkeypatch.setenv("HERMES_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    model = create_model("hermes-r-small", tasks=TASKS).eval()
+    inputs = _inputs(1)
+    with torch.inference_mode():
+        ref = TorchEngine(model, "cpu", "fp32")(*inputs)
+        for precision in ("fp32", "bf16"):
+            out = make_engine("openvino", model, "cpu", precision, batch_size=1)(*inputs)
+            assert torch.isfinite(out).all(), precision
+            agree = ((out > 0) == (ref > 0)).float().mean().item()
+            assert agree > (0.999 if precision == "fp32" else 0.9), (precision, agree)
+    (entry,) = (tmp_path / "engines" / "openvino").iterdir()  # one converted model ...
+    blobs = sorted(p for p in entry.iterdir() if p.name.startswith("blobs-"))
+    assert len(blobs) == 2  # ... and one compiled blob per precision

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from hermes_model.training.losses import bce_dice_loss
@@ -63,3 +64,40 @@ def test_no_valid_task_gives_zero_loss_and_zero_gradient() -> None:
     terms.total.backward()
     assert terms.total.item() == 0.0
     assert logits.grad is not None and torch.all(logits.grad == 0)
+
+
+def test_batch_dice_pools_each_task_over_its_valid_samples() -> None:
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 2, 4, 4, 4, generator=gen)
+    targets = (torch.rand(3, 2, 4, 4, 4, generator=gen) > 0.6).float()
+    targets[1, 0] = 0  # an empty target: a whole "1 - 0" term per sample, diluted when pooled
+    task_idx = torch.tensor([[0, 1], [0, 1], [2, -1]])
+    mask = torch.tensor([[True, True], [True, True], [True, False]])
+    terms = bce_dice_loss(logits, targets, mask, smooth=1e-5, task_idx=task_idx, reduction="batch")
+    p = torch.sigmoid(logits)
+
+    def pooled(pairs: list[tuple[int, int]]) -> float:
+        inter = sum((p[b, t] * targets[b, t]).sum() for b, t in pairs)
+        total = sum(p[b, t].sum() + targets[b, t].sum() for b, t in pairs)
+        return float(1 - (2 * inter + 1e-5) / (total + 1e-5))
+
+    expected = (pooled([(0, 0), (1, 0)]) + pooled([(0, 1), (1, 1)]) + pooled([(2, 0)])) / 3
+    assert math.isclose(terms.dice.item(), expected, rel_tol=1e-5)
+    per_sample = bce_dice_loss(logits, targets, mask, smooth=1e-5)
+    assert math.isclose(terms.bce.item(), per_sample.bce.item(), rel_tol=1e-6)
+    assert terms.dice.item() < per_sample.dice.item()  # the empty target no longer counts as 1
+
+
+def test_batch_dice_gives_unannotated_slots_no_gradient_and_needs_task_ids() -> None:
+    logits = torch.randn(2, 2, 3, 3, 3, requires_grad=True)
+    targets = torch.ones(2, 2, 3, 3, 3)
+    mask = torch.tensor([[True, False], [True, True]])
+    task_idx = torch.tensor([[0, 1], [0, 1]])
+    bce_dice_loss(logits, targets, mask, task_idx=task_idx, reduction="batch").total.backward()
+    assert logits.grad is not None
+    assert torch.count_nonzero(logits.grad[0, 1]) == 0
+    assert torch.count_nonzero(logits.grad[1, 1]) > 0
+    with pytest.raises(ValueError, match="task_idx"):
+        bce_dice_loss(logits, targets, mask, reduction="batch")
+    with pytest.raises(ValueError, match="reduction"):
+        bce_dice_loss(logits, targets, mask, reduction="mean")

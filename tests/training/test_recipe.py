@@ -109,6 +109,7 @@ def _recipe(tmp_path: Path, body: str) -> Path:
         ("[trian]\nbatch_size = 2\n", "unknown key 'trian'"),
         ("[train]\nbatch_size = 2.5\n", "'train.batch_size' must be an integer"),
         ("[optimizer]\nname = 'sgd'\n", "optimizer.name"),
+        ("[loss]\ndice_reduction = 'mean'\n", "loss.dice_reduction"),
         ("[augment]\nscale_range = [1.4, 0.7]\n", "augment.scale_range"),
         ("[augment]\np_intensity = { us = 0.1 }\n", "unknown modalities"),
         ("[schedule]\nwarmup_iterations = 5000\n[train]\niterations = 10\n", "exceeds"),
