@@ -48,19 +48,24 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 #:   ``tests/engines/test_real_scans.py`` (>= 99.9% of voxels, <= 0.5% of foreground changed,
 #:   Dice drop <= 0.002 on hippocampus val cases) -> bf16.
 #: - torch, base (32): bf16 autocast 0.8x (slower) at 128³ -> fp32.
-#: - openvino, any size: bf16 fails the guard (OpenVINO lowers the whole graph, norms included,
-#:   to bf16: 97.4% of hippocampus_004's voxels agree with torch fp32, 97.2% on a
-#:   TotalSegmentator CT crop); in the same bench run it gave NaN logits for random-weight
-#:   Hermes-R Small at 96³ and ran 47x slower than OpenVINO fp32 on the loaded CPU (issue 11's
-#:   quieter run: 3.3x faster) -> fp32, which is 2.97x torch fp32 here (4.67 s per window, max
-#:   |Δlogit| 0.015).
-#:   (The 128³ run of ``bench/engines.py`` with both bf16 engines died without a traceback while
-#:   the kernel logged a SIGSEGV in an AMX tile load; which library, not established.)
+#: - openvino, small: bf16 -> bf16. Measured with trained weights on 2026-12-02, after the
+#:   blob-cache fix in ``engines.openvino`` (one compiled-blob folder per precision: the earlier
+#:   "OpenVINO bf16 fails the guard / gives NaN / crashes in an AMX tile load" figures came from a
+#:   bf16 compile that loaded the fp32 blob of the same model):
+#:   ``python bench/segment_engines.py --scans examples/openkbp_286.nii.gz
+#:   examples/openkbp_307.nii.gz examples/hippocampus_001.nii.gz examples/hippocampus_003.nii.gz``
+#:   (one thread, the bundled universal-hermes-r v2): torch fp32 17.4 s per scan, torch bf16 7.0 s
+#:   (2.5x), OpenVINO fp32 13.2 s (1.3x), OpenVINO bf16 3.8 s (4.6x); 0.030% of the foreground
+#:   changed. Guard (``python bench/precision_guard.py``, whole val splits against torch fp32):
+#:   hippocampus (20 cases) 0.140% of the foreground changed, Dice 0.8977 -> 0.8978; OpenKBP
+#:   (32 CTs) 0.449% changed, Dice 0.6321 -> 0.6323. Torch bf16 in the same run: 0.128% and
+#:   0.491%, Dice +0.0000 and +0.0003.
+#: - openvino, base: see ``bench/engines.py`` below (random weights, no trained base model).
 #: - compile: not measured on the CPU -> fp32.
 CPU_BF16_FASTER: dict[tuple[str, str], bool] = {
     ("torch", "small"): True,
     ("torch", "base"): False,
-    ("openvino", "small"): False,
+    ("openvino", "small"): True,
     ("openvino", "base"): False,
 }
 
