@@ -131,16 +131,16 @@ def test_accurate_on_held_out_ct_examples(ct_results: dict, case: str) -> None:
     for value, task in enumerate(OPENKBP, start=1):
         assert (truth == value).any(), task
         scores[task] = dice(result.mask(task), truth == value)
-    # Issue 10 asks for Dice > 0.7 on every contoured organ. The shipped CPU model (two stages,
-    # 2 100 iterations) does not get there: the oesophagus is not learned (Dice 0 on both
-    # cases), the larynx only partly (0.46-0.55), the spinal cord is at 0.64-0.79
-    # (docs/universal-vs-separate.md). What it does reach, held here against regressions: the
-    # larynx above 0.35, the five other organs above 0.6 and their mean above 0.73.
-    assert scores[OPENKBP[5]] > 0.35, scores
-    learned = {t: v for t, v in scores.items() if t not in (OPENKBP[4], OPENKBP[5])}
+    # Issue 10 asks for Dice > 0.7 on every contoured organ. The shipped CPU model (three stages,
+    # 3 300 iterations) does not get there: the oesophagus is not learned (Dice 0 on both cases)
+    # and the spinal cord of 307 is at 0.65 (docs/universal-vs-separate.md). What it does reach,
+    # held here against regressions: the six other organs above 0.6 and their mean above 0.74
+    # (0.76 and 0.77 with OpenVINO bf16, the default on this project's CPU).
+    learned = {t: v for t, v in scores.items() if t != OPENKBP[4]}
     assert min(learned.values()) > 0.6, scores
-    assert sum(learned.values()) / len(learned) > 0.73, scores
-    assert sorted(result.largest_component) == sorted(set(OPENKBP) - {OPENKBP[4]})
+    assert sum(learned.values()) / len(learned) > 0.74, scores
+    # Chosen on the val splits: not the oesophagus (0 either way) nor the left parotid (+0.0000).
+    assert sorted(result.largest_component) == sorted(set(OPENKBP) - {OPENKBP[3], OPENKBP[4]})
 
 
 def _reoriented(
