@@ -138,9 +138,9 @@ def test_mixed_batches_pad_task_slots_and_padding_gets_no_gradient(
     masks: list[torch.Tensor] = []
     original = trainer_module.bce_dice_loss
 
-    def recording(logits, targets, mask, *args):  # type: ignore[no-untyped-def]
+    def recording(logits, targets, mask, *args, **kwargs):  # type: ignore[no-untyped-def]
         masks.append(mask.detach().cpu().clone())
-        return original(logits, targets, mask, *args)
+        return original(logits, targets, mask, *args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "bce_dice_loss", recording)
     recipe = load_recipe(
