@@ -11,10 +11,10 @@ agrees with torch fp32 (random weights make bf16 look worse than trained weights
 
 Ratios are the figures to read: absolute seconds depend on how loaded the CPU is.
 
-Variants named by ``--isolate`` (default: openvino-bf16, which crashed this AMX CPU at 128³ in
-a tile-load instruction) run in a child process of their own, after the others: a crash there
-becomes a row that names the signal instead of ending the benchmark. They are timed on their own,
-not interleaved.
+Variants named by ``--isolate`` (default: openvino-bf16) run in a child process of their own,
+after the others: a crash there becomes a row that names the signal instead of ending the
+benchmark. They are timed on their own, not interleaved. (OpenVINO bf16 once crashed here in an
+AMX tile load; the cause was a shared blob cache, fixed in ``engines.openvino``.)
 """
 
 from __future__ import annotations

@@ -70,8 +70,8 @@ def bce_dice_loss(
     Returns:
         LossTerms. BCE is the voxel mean per (sample, task), then the mean over valid pairs; Dice
         loss is ``1 - dice`` per valid pair (per task with ``reduction="batch"``), then the
-        mean. No valid pair gives a zero loss
-        that still back-propagates (zeros) into ``logits``.
+        mean. No valid pair gives a zero loss that still back-propagates (zeros) into
+        ``logits``.
     """
     if logits.shape != targets.shape or logits.shape[:2] != mask.shape:
         raise ValueError(
