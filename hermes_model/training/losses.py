@@ -22,6 +22,13 @@ structure then costs a false positive only through the pooled denominator, inste
 ``1 - 0`` term: with per-sample Dice a small structure that is absent from most patches (OpenKBP's
 oesophagus: 56 of 166 training cases contour it, median 272 voxels at 4 mm) is pushed towards an
 empty prediction everywhere. The BCE term is the same in both modes.
+
+``pos_weight`` (per (sample, task) pair, from the recipe's ``[loss] pos_weight`` table) scales
+the BCE of a task's foreground voxels (``torch``'s ``pos_weight``). It is for a task whose
+sigmoid has saturated towards "never": once its logits are far below zero the Dice gradient,
+which flows through ``p * (1 - p)``, is gone, and only the BCE of its few foreground voxels
+(one voxel in a few hundred of a patch) still pulls it back; raising their weight pulls harder.
+Background voxels keep weight 1, so the Dice term still penalises false positives.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ def bce_dice_loss(
     *,
     task_idx: torch.Tensor | None = None,
     reduction: str = "sample",
+    pos_weight: torch.Tensor | None = None,
 ) -> LossTerms:
     """BCE + lambda * Dice, averaged over the valid (sample, task) pairs.
 
@@ -66,6 +74,7 @@ def bce_dice_loss(
         task_idx: (B, T) model task index per slot; needed (only) by ``reduction="batch"``.
         reduction: ``"sample"``: Dice per (sample, task) pair; ``"batch"``: per task, over the
             pooled voxels of the valid pairs of that task.
+        pos_weight: (B, T) weight of each pair's foreground voxels in the BCE (None: 1).
 
     Returns:
         LossTerms. BCE is the voxel mean per (sample, task), then the mean over valid pairs; Dice
@@ -82,13 +91,17 @@ def bce_dice_loss(
         raise ValueError(f"reduction must be one of {DICE_REDUCTIONS}, got {reduction!r}")
     if reduction == "batch" and (task_idx is None or task_idx.shape != mask.shape):
         raise ValueError("reduction='batch' needs task_idx of the same (B, T) shape as mask")
+    if pos_weight is not None and pos_weight.shape != mask.shape:
+        raise ValueError(f"pos_weight must be (B, T) like mask, got {tuple(pos_weight.shape)}")
     valid = mask.to(torch.bool)
     if not bool(valid.any()):
         zero = logits.sum() * 0.0
         return LossTerms(zero, zero.detach(), zero.detach())
     x = logits[valid].flatten(1).float()  # (N, V): only the valid pairs enter the graph
     y = targets[valid].flatten(1).float()
-    bce = F.binary_cross_entropy_with_logits(x, y, reduction="none").mean(dim=1)
+    weight = None if pos_weight is None else pos_weight.to(x.device)[valid].float()[:, None]
+    bce = F.binary_cross_entropy_with_logits(x, y, reduction="none", pos_weight=weight)
+    bce = bce.mean(dim=1)
     p = torch.sigmoid(x)
     inter, p_sum, y_sum = (p * y).sum(1), p.sum(1), y.sum(1)
     if reduction == "batch":

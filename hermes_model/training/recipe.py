@@ -19,7 +19,7 @@ A recipe names everything a run needs::
     [train]       batch size, iterations, AMP, grad clip, workers, cache, initialisation
     [optimizer]   lamb | adamw, lr, betas, weight decay, eps
     [schedule]    warm-up, then poly | exponential | constant decay
-    [loss]        lambda_dice, dice_smooth, dice_reduction
+    [loss]        lambda_dice, dice_smooth, dice_reduction, pos_weight (task id -> weight)
     [augment]     see AugmentConfig
     [ema]         enabled, decay
     [validation]  every N iterations, split, sliding-window overlap
@@ -181,11 +181,14 @@ class ScheduleSettings:
 @dataclass(frozen=True)
 class LossSettings:
     """``dice_reduction``: "sample" (Dice per sample and task, the paper's equation) or "batch"
-    (per task over the whole batch, nnU-Net's batch Dice; see ``losses.py``)."""
+    (per task over the whole batch, nnU-Net's batch Dice; see ``losses.py``). ``pos_weight``:
+    task id -> weight of that task's foreground voxels in the BCE term (default 1 for every
+    task; ``losses.py`` says when to raise it)."""
 
     lambda_dice: float = 1.0
     dice_smooth: float = 1e-5
     dice_reduction: str = "sample"
+    pos_weight: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -525,6 +528,8 @@ def _check(r: Recipe) -> None:
         "validation.overlap": r.validation.overlap,
         **{f"augment.p_intensity.{k}": v for k, v in a.p_intensity.items()},
     }
+    if bad_weights := {k: v for k, v in r.loss.pos_weight.items() if v <= 0}:
+        fail("loss.pos_weight", f"needs positive weights, got {bad_weights}")
     for key, p in probabilities.items():
         if not 0 <= p <= 1 or (key in ("ema.decay", "validation.overlap") and p == 1):
             fail(key, f"must lie in [0, 1], got {p}")

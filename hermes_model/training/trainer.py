@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -121,6 +122,21 @@ def _precision(amp: str, device: torch.device, model: torch.nn.Module) -> str:
     return resolve_training_precision(amp, device, model)
 
 
+def _pos_weights(
+    recipe: Recipe, task_ids: Sequence[str], device: torch.device
+) -> torch.Tensor | None:
+    """The recipe's ``[loss] pos_weight`` as one weight per model task (None if it is empty)."""
+    table = recipe.loss.pos_weight
+    if not table:
+        return None
+    if unknown := sorted(set(table) - set(task_ids)):
+        raise ConfigError(
+            f"recipe {recipe.source}: loss.pos_weight names task(s) {unknown} that the model "
+            f"does not have; its tasks are {list(task_ids)}"
+        )
+    return torch.tensor([table.get(t, 1.0) for t in task_ids], device=device)
+
+
 class Trainer:
     """A prepared run: call :meth:`run` once."""
 
@@ -228,6 +244,7 @@ class Trainer:
         self.amp_dtype = dtypes.get(self.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and self.precision == "fp16")
         self.last_lr = float(self.optimizer.param_groups[0]["lr"])
+        self.pos_weight = _pos_weights(r, self.model.task_ids, self.device)
 
     def _build_stream(self) -> None:
         r, ctx = self.recipe, self.ctx
@@ -334,6 +351,7 @@ class Trainer:
             r.loss.dice_smooth,
             task_idx=batch.task_idx,
             reduction=r.loss.dice_reduction,
+            pos_weight=self._pair_pos_weights(batch.task_idx),
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()
@@ -350,6 +368,10 @@ class Trainer:
                 for ema_p, p in self.frozen_pairs:
                     ema_p.copy_(p)  # d*x + (1-d)*x can round away from x; frozen means frozen
         return terms
+
+    def _pair_pos_weights(self, task_idx: torch.Tensor) -> torch.Tensor | None:
+        """(B, T) BCE foreground weight of each task slot (padded slots: any; they are masked)."""
+        return None if self.pos_weight is None else self.pos_weight[task_idx.clamp(min=0)]
 
     def _log(self, window: _Window, view: LiveView) -> None:
         assert window.sums is not None

@@ -163,6 +163,37 @@ def test_mixed_batches_pad_task_slots_and_padding_gets_no_gradient(
     assert groups["toymr"] == list(MR_TASKS.values()) and groups["toyct"] == ["toyct/organ"]
 
 
+def test_recipe_pos_weight_reaches_the_loss_per_task_slot(
+    toy: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heavy = MR_TASKS[2]
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = trainer_module.bce_dice_loss
+
+    def recording(logits, targets, mask, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((kwargs["task_idx"].cpu(), kwargs["pos_weight"].cpu()))
+        return original(logits, targets, mask, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "bce_dice_loss", recording)
+    recipe = load_recipe(
+        write_recipe(
+            tmp_path, [toy["mr"]], toy["cache"], train={"iterations": 2},
+            loss={"pos_weight": {heavy: 7.5}},
+        )
+    )  # fmt: skip
+    result = train(recipe, tmp_path / "run", progress=False)
+    heavy_idx = result.model.task_ids.index(heavy)
+    for task_idx, weight in seen:
+        assert torch.equal(weight, torch.where(task_idx == heavy_idx, 7.5, 1.0))
+    wrong = load_recipe(
+        write_recipe(
+            tmp_path / "run", [toy["mr"]], toy["cache"], loss={"pos_weight": {"toymr/nope": 2.0}}
+        )
+    )
+    with pytest.raises(ConfigError, match=r"loss.pos_weight names task\(s\) \['toymr/nope'\]"):
+        train(wrong, tmp_path / "wrong", progress=False)
+
+
 @pytest.mark.parametrize("name", ["lamb", "adamw"])
 def test_optimizer_state_round_trips_through_safetensors_and_json(
     name: str, tmp_path: Path

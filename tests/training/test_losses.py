@@ -101,3 +101,39 @@ def test_batch_dice_gives_unannotated_slots_no_gradient_and_needs_task_ids() -> 
         bce_dice_loss(logits, targets, mask, reduction="batch")
     with pytest.raises(ValueError, match="reduction"):
         bce_dice_loss(logits, targets, mask, reduction="mean")
+
+
+def test_pos_weight_scales_the_foreground_bce_of_its_pairs_only() -> None:
+    logits = torch.tensor([[[2.0, -1.0, 0.0, 3.0], [-50.0, -60.0, 1.0, 0.5]]])  # (1, 2, 4)
+    targets = torch.tensor([[[1.0, 0.0, 1.0, 1.0], [1.0, 0.0, 0.0, 1.0]]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    weighted = bce_dice_loss(logits, targets, mask, pos_weight=torch.tensor([[1.0, 20.0]]))
+    plain = bce_dice_loss(logits, targets, mask)
+
+    def softplus(x: float) -> float:  # -log(sigmoid(-x)), finite for large |x|
+        return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+    def bce(x: list[float], y: list[float], w: float) -> float:
+        return sum(w * t * softplus(-v) + (1 - t) * softplus(v) for v, t in zip(x, y, strict=True))
+
+    first = bce([2.0, -1.0, 0.0, 3.0], [1.0, 0.0, 1.0, 1.0], 1.0) / 4
+    second = [-50.0, -60.0, 1.0, 0.5], [1.0, 0.0, 0.0, 1.0]
+    assert math.isclose(weighted.bce.item(), (first + bce(*second, 20.0) / 4) / 2, rel_tol=1e-5)
+    assert math.isclose(plain.bce.item(), (first + bce(*second, 1.0) / 4) / 2, rel_tol=1e-5)
+    assert weighted.dice.item() == plain.dice.item()  # Dice is untouched
+
+
+def test_pos_weight_pulls_a_saturated_task_harder_and_must_match_the_mask() -> None:
+    logits = torch.full((1, 1, 64), -60.0, requires_grad=True)
+    targets = torch.zeros(1, 1, 64)
+    targets[0, 0, :2] = 1  # a small structure, 2 of 64 voxels
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    bce_dice_loss(logits, targets, mask).total.backward()
+    assert logits.grad is not None
+    plain = logits.grad[0, 0, :2].clone()
+    logits.grad = None
+    bce_dice_loss(logits, targets, mask, pos_weight=torch.tensor([[20.0]])).total.backward()
+    assert torch.allclose(logits.grad[0, 0, :2], 20 * plain)  # the Dice part is exactly zero
+    assert logits.grad[0, 0, 2:].abs().max() < 1e-20  # background keeps weight 1: ~sigmoid(-60)
+    with pytest.raises(ValueError, match="pos_weight"):
+        bce_dice_loss(logits, targets, mask, pos_weight=torch.ones(2, 1))

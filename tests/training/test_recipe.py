@@ -110,6 +110,8 @@ def _recipe(tmp_path: Path, body: str) -> Path:
         ("[train]\nbatch_size = 2.5\n", "'train.batch_size' must be an integer"),
         ("[optimizer]\nname = 'sgd'\n", "optimizer.name"),
         ("[loss]\ndice_reduction = 'mean'\n", "loss.dice_reduction"),
+        ("[loss]\npos_weight = { 'openkbp/esophagus' = 0 }\n", "loss.pos_weight"),
+        ("[loss]\npos_weight = { 'openkbp/esophagus' = 'x' }\n", "must be a number"),
         ("[augment]\nscale_range = [1.4, 0.7]\n", "augment.scale_range"),
         ("[augment]\np_intensity = { us = 0.1 }\n", "unknown modalities"),
         ("[schedule]\nwarmup_iterations = 5000\n[train]\niterations = 10\n", "exceeds"),
