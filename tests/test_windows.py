@@ -27,20 +27,21 @@ from hermes_model.windows import background_threshold, sliding_window
 TASKS = ["hippocampus/anterior", "hippocampus/posterior"]
 
 
+def _pair(weights: str, engine: str = "torch", precision: str = "fp32") -> dict[bool, Segmenter]:
+    """The same Segmenter with (True) and without (False) window skipping."""
+    return {
+        skip: Segmenter(
+            weights, device="cpu", engine=engine, precision=precision, skip_background=skip
+        )
+        for skip in (True, False)
+    }
+
+
 @pytest.fixture(scope="module")
 def segmenters() -> dict[bool, Segmenter]:
     """The hippocampus model (its 32x48x32 windows set the crop and padding sizes below),
     reference engine in fp32, with and without skipping."""
-    return {
-        skip: Segmenter(
-            "hippocampus-hermes-r",
-            device="cpu",
-            engine="torch",
-            precision="fp32",
-            skip_background=skip,
-        )  # fmt: skip
-        for skip in (True, False)
-    }
+    return _pair("hippocampus-hermes-r")
 
 
 def _crop(path: Path, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, ImageMeta]:
@@ -122,33 +123,16 @@ OPENKBP_TASKS = [
 def test_whole_ct_scans_give_identical_masks_with_skipping(
     data_dir: Path, scan: str, least_skipped: float
 ) -> None:
-    universal = {
-        skip: Segmenter(
-            "universal-hermes-r",
-            device="cpu",
-            engine="torch",
-            precision="fp32",
-            skip_background=skip,
-        )  # fmt: skip
-        for skip in (True, False)
-    }
-    share = _same_masks(universal, read_image(data_dir / scan), "ct", OPENKBP_TASKS)
+    share = _same_masks(
+        _pair("universal-hermes-r"), read_image(data_dir / scan), "ct", OPENKBP_TASKS
+    )
     assert share >= least_skipped
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not openvino_available(), reason=f"OpenVINO is not installed ({INSTALL_HINT})")
 def test_a_whole_ct_in_1_mm_windows_skips_its_air_with_identical_masks(data_dir: Path) -> None:
-    small = {
-        skip: Segmenter(
-            "hippocampus-hermes-r",
-            device="cpu",
-            engine="openvino",
-            precision="bf16",
-            skip_background=skip,
-        )  # fmt: skip
-        for skip in (True, False)
-    }
+    small = _pair("hippocampus-hermes-r", engine="openvino", precision="bf16")
     chaos = read_image(data_dir / "chaos_ct_liver" / "chaos_ct_sample_0000.nii.gz")
     assert _same_masks(small, chaos, "ct") > 0.15  # 563 of 3 105 windows
 
