@@ -131,18 +131,19 @@ def test_accurate_on_held_out_ct_examples(ct_results: dict, case: str) -> None:
     for value, task in enumerate(OPENKBP, start=1):
         assert (truth == value).any(), task
         scores[task] = dice(result.mask(task), truth == value)
-    # Issue 10 asks for Dice > 0.7 on every contoured organ. The shipped CPU model (four stages,
-    # 4 500 iterations) does not get there on every one (docs/universal-vs-separate.md): the
-    # oesophagus, learned only in stage 4, is at 0.19 on 286 and 0.69 on 307, the spinal cord of
-    # 307 at 0.66 and the larynx of 286 at 0.68. What it does reach, held here against
-    # regressions: the oesophagus above 0.15, the six other organs above 0.6 and their mean
-    # above 0.74 (0.76 and 0.78 with OpenVINO bf16, the default on this project's CPU).
+    # Issue 10 asks for Dice > 0.7 on every contoured organ. The shipped CPU model (five stages,
+    # 5 300 iterations) does not get there on every one (docs/universal-vs-separate.md): the
+    # oesophagus is at 0.20 on 286 and 0.60 on 307, the spinal cord of 307 at 0.64 and the
+    # larynx at 0.67 on both. What it does reach, held here against regressions: the
+    # oesophagus above 0.15, the six other organs above 0.6 and their mean above 0.74 (0.76 and
+    # 0.77, with torch fp32 and with OpenVINO bf16, the default on this project's CPU, alike).
     assert scores[OPENKBP[4]] > 0.15, scores
     learned = {t: v for t, v in scores.items() if t != OPENKBP[4]}
     assert min(learned.values()) > 0.6, scores
     assert sum(learned.values()) / len(learned) > 0.74, scores
-    # Chosen on the val splits: every CT organ but the left parotid (+0.0000 there).
-    assert sorted(result.largest_component) == sorted(set(OPENKBP) - {OPENKBP[3]})
+    # Chosen on the whole val splits: where it raised the mean Dice (brainstem, spinal cord,
+    # mandible; docs/largest-component-val-universal-hermes-r.json).
+    assert sorted(result.largest_component) == sorted([OPENKBP[0], OPENKBP[1], OPENKBP[6]])
 
 
 def _reoriented(
