@@ -13,12 +13,15 @@ Accumulation and everything after the network are always float32; only the netwo
 from __future__ import annotations
 
 import functools
+import logging
 import platform
 from pathlib import Path
 
 import torch
 
 from hermes_model.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CPU_BF16_FASTER",
@@ -101,6 +104,34 @@ def cpu_native_bf16() -> bool:
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
+#: How much slower than fp32 torch's emulated bf16 measured on a CPU without native bf16 (an
+#: AMD EPYC, Zen 3, AVX2 only; 2 threads; 2026-12-03). Training: ``python bench/train_amp.py
+#: --base-channels 12 --patch 48 48 32 --batch 2 --steps 1`` (1.41 s per step in fp32, 63.3 s in
+#: bf16), the bundled recipe's width-12 Hermes-R.
+#: Inference: the bundled model, torch engine, on the 40 x 40 x 11 CT crop of
+#: ``tests/engines/test_real_scans.py`` (8.7 s in fp32, 869 s in bf16).
+EMULATED_BF16_SLOWDOWN = {"training": 45, "inference": 100}
+
+
+@functools.cache
+def _warn_if_emulated(setting: str, what: str) -> None:
+    """Warn once per setting when bf16 was asked for on a CPU that would emulate it.
+
+    Honoured, not overridden (a user may want bf16's numerics on purpose, as the precision tests
+    do), but never silent: emulated bf16 is tens of times slower than fp32.
+    """
+    if cpu_native_bf16():
+        return
+    log.warning(
+        "%s: this CPU has no native bf16 (no AMX-BF16 or AVX512-BF16), so torch emulates it; "
+        "%s measured ~%dx slower than fp32 on such a CPU. Use 'auto' (fp32 here) unless you "
+        "want bf16's numerics",
+        setting,
+        what,
+        EMULATED_BF16_SLOWDOWN[what],
+    )
+
+
 def model_size(model: torch.nn.Module | None) -> str:
     """``small`` (base channels <= 16), ``base`` (more), or ``unknown`` (no ``config``)."""
     channels = getattr(getattr(model, "config", None), "base_channels", None)
@@ -127,6 +158,8 @@ def resolve_precision(
         raise ConfigError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    if precision == "bf16" and device.type == "cpu" and engine != "openvino":
+        _warn_if_emulated("--precision bf16", "inference")
     return precision
 
 
@@ -171,5 +204,7 @@ def resolve_training_precision(
     if amp == "fp16":
         return "fp16" if device.type == "cuda" else "fp32"
     if amp == "bf16":
+        if device.type == "cpu":
+            _warn_if_emulated("train.amp = 'bf16'", "training")
         return "bf16" if device.type in ("cuda", "cpu") else "fp32"
     raise ConfigError(f"unknown train.amp {amp!r}; use auto, none, fp16 or bf16")

@@ -55,3 +55,44 @@ def test_cpu_flags_are_read_from_proc_cpuinfo() -> None:
     flags = Path("/proc/cpuinfo").read_text() if linux else ""
     native = any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
     assert precision.cpu_native_bf16() is native
+
+
+def test_bf16_asked_for_on_a_cpu_that_would_emulate_it_warns_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, small: torch.nn.Module
+) -> None:
+    """Honoured (the user asked), but never silent: emulated bf16 is tens of times slower."""
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
+    precision._warn_if_emulated.cache_clear()
+    with caplog.at_level("WARNING", logger=precision.__name__):
+        assert precision.resolve_training_precision("bf16", CPU, small) == "bf16"
+        assert precision.resolve_training_precision("bf16", CPU, small) == "bf16"
+        assert precision.resolve_precision("bf16", CPU, "torch", small) == "bf16"
+        # OpenVINO computes in f32 where the CPU lacks bf16: nothing to warn about.
+        assert precision.resolve_precision("bf16", CPU, "openvino", small) == "bf16"
+        assert precision.resolve_training_precision("auto", CPU, small) == "fp32"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("train.amp = 'bf16': this CPU has no native bf16")
+    assert lines[1].startswith("--precision bf16: this CPU has no native bf16")
+    assert all("Use 'auto'" in line for line in lines)
+
+
+def test_bf16_on_a_cpu_with_native_bf16_is_quiet(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, small: torch.nn.Module
+) -> None:
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
+    precision._warn_if_emulated.cache_clear()
+    with caplog.at_level("WARNING", logger=precision.__name__):
+        assert precision.resolve_training_precision("bf16", CPU, small) == "bf16"
+        assert precision.resolve_precision("bf16", CPU, "torch", small) == "bf16"
+    assert not caplog.records
+    precision._warn_if_emulated.cache_clear()
+
+
+def test_the_shipped_recipes_choose_precision_by_detecting_the_cpu() -> None:
+    """No recipe forces bf16: on a CPU without native bf16 that is a ~45x slower training."""
+    from hermes_model.training.recipe import load_recipe
+
+    root = Path(__file__).resolve().parents[2] / "train" / "recipes"
+    forced = [p.name for p in sorted(root.glob("*.toml")) if load_recipe(p).train.amp == "bf16"]
+    assert not forced, forced
