@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,12 +58,20 @@ def test_cpu_flags_are_read_from_proc_cpuinfo() -> None:
     assert precision.cpu_native_bf16() is native
 
 
+@pytest.fixture
+def fresh_warning() -> Iterator[None]:
+    """The emulated-bf16 warning is once per process: forget what earlier tests triggered."""
+    precision._warn_if_emulated.cache_clear()
+    yield
+    precision._warn_if_emulated.cache_clear()
+
+
+@pytest.mark.usefixtures("fresh_warning")
 def test_bf16_asked_for_on_a_cpu_that_would_emulate_it_warns_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, small: torch.nn.Module
 ) -> None:
     """Honoured (the user asked), but never silent: emulated bf16 is tens of times slower."""
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
-    precision._warn_if_emulated.cache_clear()
     with caplog.at_level("WARNING", logger=precision.__name__):
         assert precision.resolve_training_precision("bf16", CPU, small) == "bf16"
         assert precision.resolve_training_precision("bf16", CPU, small) == "bf16"
@@ -77,16 +86,15 @@ def test_bf16_asked_for_on_a_cpu_that_would_emulate_it_warns_once(
     assert all("Use 'auto'" in line for line in lines)
 
 
+@pytest.mark.usefixtures("fresh_warning")
 def test_bf16_on_a_cpu_with_native_bf16_is_quiet(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, small: torch.nn.Module
 ) -> None:
     monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
-    precision._warn_if_emulated.cache_clear()
     with caplog.at_level("WARNING", logger=precision.__name__):
         assert precision.resolve_training_precision("bf16", CPU, small) == "bf16"
         assert precision.resolve_precision("bf16", CPU, "torch", small) == "bf16"
     assert not caplog.records
-    precision._warn_if_emulated.cache_clear()
 
 
 def test_the_shipped_recipes_choose_precision_by_detecting_the_cpu() -> None:
