@@ -25,9 +25,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hermes_model.batch import BatchOptions, segment_files
-from hermes_model.segmenter import Segmenter
-from hermes_model.training.cards import load_card
+from hermes_model.batch.runner import BatchOptions, segment_files
+from hermes_model.datasets.cards import load_card
+from hermes_model.pipeline.segmenter import Segmenter
 
 CARD = Path(__file__).resolve().parents[1] / "train" / "datasets" / "openkbp.toml"
 

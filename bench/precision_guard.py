@@ -22,11 +22,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from hermes_model.datasets.annotation import is_annotated
+from hermes_model.datasets.cards import load_card
+from hermes_model.evaluation.metrics import dice
 from hermes_model.io import read_image
-from hermes_model.metrics import dice
-from hermes_model.segmenter import Segmenter
-from hermes_model.training.annotation import is_annotated
-from hermes_model.training.cards import load_card
+from hermes_model.pipeline.segmenter import Segmenter
 
 REPO = Path(__file__).resolve().parents[1]
 CARDS = {name: REPO / "train" / "datasets" / f"{name}.toml" for name in ("hippocampus", "openkbp")}

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from hermes_model.engines import openvino_available
 from hermes_model.engines.precision import cpu_native_bf16
-from hermes_model.segmenter import Segmenter
+from hermes_model.pipeline.segmenter import Segmenter
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 VARIANTS = ("torch-fp32", "torch-bf16", "openvino-fp32", "openvino-bf16")

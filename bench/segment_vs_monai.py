@@ -47,10 +47,12 @@ from rich.console import Console
 from rich.table import Table
 
 from hermes_model import create_model, save_checkpoint
-from hermes_model.batch import BatchOptions, write_case
+from hermes_model.batch.runner import BatchOptions, write_case
 from hermes_model.config import PreprocessConfig
-from hermes_model.inference import Segmenter, autocast_dtype, resolve_device
+from hermes_model.device import resolve_device
+from hermes_model.engines import autocast_dtype
 from hermes_model.io import read_image
+from hermes_model.pipeline.segmenter import Segmenter
 from hermes_model.tasks import get_dataset
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "chaos_ct_liver"

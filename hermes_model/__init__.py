@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "Segmenter",
     "create_model",
     "save_checkpoint",
     "load_checkpoint",
@@ -18,12 +19,14 @@ __all__ = [
 
 if TYPE_CHECKING:
     from hermes_model.nets import create_model
-    from hermes_model.weights import load_checkpoint, save_checkpoint
+    from hermes_model.pipeline.segmenter import Segmenter
+    from hermes_model.weights.checkpoint import load_checkpoint, save_checkpoint
 
 _LAZY = {
+    "Segmenter": "hermes_model.pipeline.segmenter",
     "create_model": "hermes_model.nets",
-    "save_checkpoint": "hermes_model.weights",
-    "load_checkpoint": "hermes_model.weights",
+    "save_checkpoint": "hermes_model.weights.checkpoint",
+    "load_checkpoint": "hermes_model.weights.checkpoint",
 }
 
 

@@ -6,10 +6,10 @@ imported ones whose training data you have.
     python scripts/add_training_statistics.py hermes_model/assets/hippocampus-hermes-r.safetensors \
         --card hippocampus=train/datasets/hippocampus.toml [--split train] [--out FILE]
 
-Each ``--card GROUP=CARD.toml`` computes ``hermes_model.ood.training_statistics`` over the card's
-split and stores it as the group's entry under the metadata key ``training_statistics`` (see
-``hermes_model/ood.py``). Every tensor is copied byte for byte (checked after writing); only the
-metadata changes, so the sha256 changes: the new one is printed, for weights.toml.
+Each ``--card GROUP=CARD.toml`` computes ``hermes_model.pipeline.ood.training_statistics`` over the
+card's split and stores it as the group's entry under the metadata key ``training_statistics`` (see
+``hermes_model/pipeline/ood.py``). Every tensor is copied byte for byte (checked after writing);
+only the metadata changes, so the sha256 changes: the new one is printed, for weights.toml.
 """
 
 from __future__ import annotations
@@ -18,9 +18,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from hermes_model import ood
-from hermes_model.training.cards import load_card
-from hermes_model.weights import read_metadata, replace_metadata, sha256_file, tensor_digest
+from hermes_model.datasets.cards import load_card
+from hermes_model.pipeline import ood
+from hermes_model.weights.checkpoint import (
+    read_metadata,
+    replace_metadata,
+    sha256_file,
+    tensor_digest,
+)
 
 
 def main() -> None:

@@ -5,8 +5,8 @@
         [--split val] [--json decision.json] [--out WEIGHTS-new.safetensors]
 
 Each case of the split is segmented once (no post-processing); every task the case annotates is
-scored (Dice) as segmented and after ``hermes_model.components.largest_component``. A task is
-chosen when its mean Dice over those cases rose (``components.choose_tasks``). With ``--out``
+scored (Dice) as segmented and after ``hermes_model.pipeline.components.largest_component``. A task
+is chosen when its mean Dice over those cases rose (``components.choose_tasks``). With ``--out``
 the choice is stored in a copy of the weights under the metadata key ``largest_component``, so
 that ``hermes segment`` applies it by default (``--largest-component auto``); every tensor stays
 bit-identical (checked), the sha256 changes and is printed, for weights.toml.
@@ -27,13 +27,18 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from hermes_model import components
+from hermes_model.datasets.annotation import is_annotated
+from hermes_model.datasets.cards import load_card, validate
+from hermes_model.evaluation.metrics import dice
 from hermes_model.io import read_image
-from hermes_model.metrics import dice
-from hermes_model.segmenter import Segmenter
-from hermes_model.training.annotation import is_annotated
-from hermes_model.training.cards import load_card, validate
-from hermes_model.weights import read_metadata, replace_metadata, sha256_file, tensor_digest
+from hermes_model.pipeline import components
+from hermes_model.pipeline.segmenter import Segmenter
+from hermes_model.weights.checkpoint import (
+    read_metadata,
+    replace_metadata,
+    sha256_file,
+    tensor_digest,
+)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ Output: ``hermes_model/assets/task_text_embeddings.safetensors`` with one tensor
 order, and metadata: ``task_ids``, ``class_names``, ``templates`` (JSON), ``model``,
 ``package``, ``sentence_transformers``, ``dim``, ``normalized``, ``date``.
 
-Re-run it after registering new tasks (``hermes_model/tasks.py``):
+Re-run it after registering new tasks (``hermes_model/tasks/``):
 
     pip install 'hermes-seg[prompts]'
     HF_HUB_OFFLINE=1 python scripts/embed_task_prompts.py [--output PATH]

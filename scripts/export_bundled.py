@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from hermes_model.config import PreprocessConfig
-from hermes_model.weights import load_checkpoint, save_checkpoint, sha256_file
+from hermes_model.weights.checkpoint import load_checkpoint, save_checkpoint, sha256_file
 
 HIPPOCAMPUS = (
     "Medical Segmentation Decathlon Task04_Hippocampus (Vanderbilt University Medical Center; "

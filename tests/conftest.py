@@ -220,7 +220,8 @@ def copy_ct_series_with_uids(target: Path) -> Path:
     return target
 
 
-#: Set in the child pytest that runs the ``workers`` tests (tests/test_worker_processes.py).
+#: Set in the child pytest that runs the ``workers`` tests
+#: (tests/training/test_worker_processes.py).
 WORKER_TESTS_ENV = "HERMES_WORKER_TESTS"
 
 

@@ -1,7 +1,7 @@
 """``hermes evaluate``: Dice, HD95 and surface Dice per task, for weights on a dataset split or
 for a folder of predictions against a folder of ground truth.
 
-The work is ``hermes_model.training.evaluate``; this module checks the option combination,
+The work is ``hermes_model.evaluation.evaluate``; this module checks the option combination,
 draws progress on stderr and prints a table on stdout. torch is imported only when it runs.
 """
 
@@ -24,10 +24,10 @@ from hermes_cli._common import (
     handle_errors,
     out,
 )
-from hermes_model.metric_definitions import DEFINITIONS, HD95_METHODS, NSD_METHODS
+from hermes_model.evaluation.definitions import DEFINITIONS, HD95_METHODS, NSD_METHODS
 
 if TYPE_CHECKING:
-    from hermes_model.training.evaluate import EvalReport
+    from hermes_model.evaluation.evaluate import EvalReport
 
 Weights = Annotated[
     str | None,
@@ -149,9 +149,9 @@ def evaluate_command(
     if (pred is None) != (gt is None) or (pred is None and dataset is None):
         fail("give --weights/--dataset [--split], or --pred DIR --gt DIR", 2)
     with handle_errors(debug):
-        from hermes_model.training.annotation import annotated_tasks
-        from hermes_model.training.cards import load_card
-        from hermes_model.training.evaluate import evaluate_predictions, evaluate_weights
+        from hermes_model.datasets.annotation import annotated_tasks
+        from hermes_model.datasets.cards import load_card
+        from hermes_model.evaluation.evaluate import evaluate_predictions, evaluate_weights
 
         bar = Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), console=err,
                        transient=True)  # fmt: skip

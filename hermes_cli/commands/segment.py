@@ -1,7 +1,8 @@
 """``hermes segment``: segment scans into label maps, masks, volumes and previews.
 
-The work is ``hermes_model.batch.segment_files``; this module parses options, draws progress on
-stderr and prints the summary table on stdout. torch is imported only when the command runs.
+The work is ``hermes_model.batch.runner.segment_files``; this module parses options, draws
+progress on stderr and prints the summary table on stdout. torch is imported only when the
+command runs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from hermes_model.options import ENGINES
 from hermes_model.tasks import MODALITIES
 
 if TYPE_CHECKING:
-    from hermes_model.batch import BatchReport, CaseReport
+    from hermes_model.batch.runner import BatchReport, CaseReport
 
 Inputs = Annotated[
     list[Path],
@@ -244,8 +245,8 @@ def segment_command(
 ) -> None:  # fmt: skip
     """Segment CT/MR scans: a label map + JSON legend per case, optional masks, stats, previews."""
     with handle_errors(debug):
-        from hermes_model.batch import BatchOptions, parse_shard, segment_files
-        from hermes_model.dicom_out import parse_formats
+        from hermes_model.batch.runner import BatchOptions, parse_shard, segment_files
+        from hermes_model.io.dicom_out import parse_formats
 
         options = BatchOptions(
             output_dir=output, tasks=[tasks] if tasks else None,

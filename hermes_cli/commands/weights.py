@@ -12,8 +12,8 @@ from rich.table import Table
 
 from hermes_cli._common import DebugOption, err, fail, handle_errors, out
 from hermes_cli.commands import weights_import
-from hermes_model import hub
 from hermes_model.errors import WeightsError
+from hermes_model.weights import hub
 
 app = typer.Typer(
     help="The weights registry (the packaged weights.toml or $HERMES_WEIGHTS_TOML, with your "
@@ -150,7 +150,7 @@ def card_command(
 ) -> None:
     """Write a Hugging Face model card from the checkpoint's own metadata: licence and tags,
     task table, architecture, preprocessing, training provenance, evaluation, usage."""
-    from hermes_model.card import model_card, write_card
+    from hermes_model.weights.card import model_card, write_card
 
     with handle_errors(debug):
         if output is None:
@@ -206,7 +206,7 @@ def publish_command(
     """Upload a checkpoint and its model card to the Hugging Face Hub in one commit, and print
     the pinned \\[weights.NAME] table (commit, sha256, tasks, licence). The token comes from
     HF_TOKEN or 'hf auth login'; a failure half-way publishes nothing."""
-    from hermes_model.publish import publish
+    from hermes_model.weights.publish import publish
 
     with handle_errors(debug):
         done = publish(

@@ -50,7 +50,7 @@ def import_command(
     Hermes checkpoint: 71 tasks under Hermes task ids, their 6 modality rows, their
     preprocessing (1.5 mm, CT [-991, 500], z-score, 128^3 windows). Their modality classifier
     head (mod_out) is dropped; it plays no part in segmentation."""
-    from hermes_model.authors import import_authors_checkpoint, register
+    from hermes_model.weights.authors import import_authors_checkpoint, register
 
     with handle_errors(debug):
         if output.suffix != ".safetensors":

@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from hermes_model.config import PreprocessConfig
+from hermes_model.datasets.cards import Case, DatasetCard
 from hermes_model.errors import ConfigError, HermesError
-from hermes_model.ood import ScanStatistics
-from hermes_model.training.cards import Case, DatasetCard
+from hermes_model.pipeline.ood import ScanStatistics
 
 __all__ = ["CACHE_VERSION", "CachedCase", "CachedDataset", "cache_key", "build_cache"]
 
@@ -83,8 +83,8 @@ class CachedDataset:
         return tuple(dict.fromkeys(self.labels[v] for v in sorted(self.labels)))
 
     def training_statistics(self, **extra: Any) -> dict[str, Any]:
-        """This dataset's entry in a checkpoint's ``training_statistics`` (``hermes_model.ood``)."""
-        from hermes_model.ood import summarise
+        """This dataset's entry in a checkpoint's ``training_statistics`` (``pipeline.ood``)."""
+        from hermes_model.pipeline.ood import summarise
 
         scans = [c.scan for c in self.cases if c.scan is not None]
         return summarise(scans, self.modality, card=self.name, **extra)
@@ -221,8 +221,8 @@ def _init_worker(threads: int) -> None:
 def _prepare_case(case: Case, job: dict[str, Any]) -> tuple[bool, Any]:
     """Prepare one case; (True, sidecar) or (False, message) for a user-facing problem."""
     from hermes_model.io import read_image
-    from hermes_model.ood import scan_statistics
-    from hermes_model.preprocess import prepare, prepare_label
+    from hermes_model.pipeline.ood import scan_statistics
+    from hermes_model.pipeline.preprocess import prepare, prepare_label
 
     try:
         image, meta = read_image(case.image)

@@ -47,7 +47,7 @@ def save_weights(trainer: Trainer, name: str) -> Path:
 
     Incremental runs first check that every frozen tensor equals the starting weights'.
     """
-    from hermes_model.weights import save_checkpoint
+    from hermes_model.weights.checkpoint import save_checkpoint
 
     if trainer.incremental:
         _assert_frozen(trainer)
@@ -63,10 +63,11 @@ def save_weights(trainer: Trainer, name: str) -> Path:
 
 
 def training_statistics(trainer: Trainer) -> dict[str, Any]:
-    """Per task group, what its training scans looked like (``hermes_model.ood``: spacing, field
-    of view, intensity percentiles), so that segment can warn about scans far outside it: the
-    run's datasets from their cache, the starting weights' other groups as they recorded them."""
-    from hermes_model.ood import KEY
+    """Per task group, what its training scans looked like (``hermes_model.pipeline.ood``:
+    spacing, field of view, intensity percentiles), so that segment can warn about scans far
+    outside it: the run's datasets from their cache, the starting weights' other groups as they
+    recorded them."""
+    from hermes_model.pipeline.ood import KEY
 
     recorded = dict(_start_metadata(trainer).get(KEY, {}))
     own = {}
@@ -80,7 +81,7 @@ def training_statistics(trainer: Trainer) -> dict[str, Any]:
 def group_spacing(trainer: Trainer) -> dict[str, list[float]]:
     """Spacing (mm) of every task group written: the run's datasets as cached, the starting
     weights' other groups as they recorded them (``group_spacing.spacing_for_group``)."""
-    from hermes_model.group_spacing import spacing_for_group
+    from hermes_model.pipeline.group_spacing import spacing_for_group
 
     own = trainer.data.group_spacing
     start = _start_metadata(trainer)

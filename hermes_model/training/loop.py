@@ -65,7 +65,7 @@ def train(
     0 writes the files. Raises ConfigError for a bad recipe, card or data (naming the case),
     WeightsError for unusable starting weights, IncrementalCheckError and TrainingDiverged.
     """
-    from hermes_model.inference import resolve_device
+    from hermes_model.device import resolve_device
 
     options = RunOptions(iterations, resume, init_weights, mode, progress, stop_after)
     _check_options(recipe, options)

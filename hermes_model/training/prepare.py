@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from hermes_model.config import PreprocessConfig
+from hermes_model.datasets.cards import Case, DatasetCard, validate
 from hermes_model.errors import ConfigError
 from hermes_model.nets.hermes import SegmentationNet
 from hermes_model.training.cache import CachedDataset, build_cache
-from hermes_model.training.cards import Case, DatasetCard, validate
 from hermes_model.training.distributed import DistContext
 from hermes_model.training.recipe import Recipe
 
@@ -150,8 +150,8 @@ def _build(
 
 def load_start(spec: str, context: DistContext) -> StartWeights:
     """Resolve (download on rank 0 first) and load the starting checkpoint on the CPU."""
-    from hermes_model.hub import resolve_weights
-    from hermes_model.weights import default_groups, load_checkpoint
+    from hermes_model.weights.checkpoint import default_groups, load_checkpoint
+    from hermes_model.weights.hub import resolve_weights
 
     if context.is_main:
         resolved = resolve_weights(spec)

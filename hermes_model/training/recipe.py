@@ -47,8 +47,8 @@ else:  # pragma: no cover - Python 3.10 needs the tomli backport
     import tomli as tomllib
 
 from hermes_model.config import ModelConfig, PreprocessConfig, model_config
+from hermes_model.datasets.cards import Case, DatasetCard, load_card
 from hermes_model.errors import ConfigError
-from hermes_model.training.cards import Case, DatasetCard, load_card
 
 __all__ = [
     "Recipe",

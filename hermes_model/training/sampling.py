@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from hermes_model.datasets.annotation import is_annotated
 from hermes_model.errors import ConfigError
-from hermes_model.training.annotation import is_annotated
 from hermes_model.training.cache import CachedDataset
 
 __all__ = ["PatchRequest", "Sample", "Batch", "MixedBatchSampler", "collate", "make_loader"]

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from hermes_model.errors import ConfigError, TrainingError
-from hermes_model.inference import WindowSettings
 from hermes_model.nets.hermes import SegmentationNet
+from hermes_model.pipeline.windows import WindowSettings
 from hermes_model.training import checkpointing, prepare
 from hermes_model.training.augment import Augmenter
 from hermes_model.training.distributed import DistContext, wrap_model

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hermes_model.datasets.annotation import is_annotated
 from hermes_model.errors import TrainingError
-from hermes_model.inference import GroupRun, WindowSettings, plan_groups, sliding_window
-from hermes_model.metrics import dice
+from hermes_model.evaluation.metrics import dice
 from hermes_model.nets.hermes import SegmentationNet
-from hermes_model.training.annotation import is_annotated
+from hermes_model.pipeline.windows import GroupRun, WindowSettings, plan_groups, sliding_window
 from hermes_model.training.cache import CachedCase, CachedDataset
 
 __all__ = [

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from hermes_model.engines import INSTALL_HINT, cpu_native_bf16, openvino_available
-from hermes_model.inference import Segmenter
+from hermes_model.evaluation.metrics import dice
 from hermes_model.io import read_image
-from hermes_model.metrics import dice
+from hermes_model.pipeline.segmenter import Segmenter
 
 TASKS = ["hippocampus/anterior", "hippocampus/posterior"]
 needs_openvino = pytest.mark.skipif(

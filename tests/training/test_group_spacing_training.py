@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from toy_data import MR_TASKS, SPACING, write_dataset, write_recipe
 
-from hermes_model import ood
 from hermes_model.errors import ConfigError
 from hermes_model.io import read_image
+from hermes_model.pipeline import ood
 from hermes_model.training.loop import train
 from hermes_model.training.recipe import load_recipe
-from hermes_model.weights import read_metadata
+from hermes_model.weights.checkpoint import read_metadata
 
 CT_TASKS = {1: "openkbp/brainstem", 2: "openkbp/larynx"}
 

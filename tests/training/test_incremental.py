@@ -12,11 +12,11 @@ from toy_data import MR_TASKS, SPACING, train_losses, write_dataset, write_recip
 
 from hermes_model import create_model, save_checkpoint
 from hermes_model.config import PreprocessConfig
+from hermes_model.datasets.cards import load_card
 from hermes_model.errors import ConfigError
-from hermes_model.inference import WindowSettings
+from hermes_model.pipeline.windows import WindowSettings
 from hermes_model.training import prepare
 from hermes_model.training.cache import build_cache
-from hermes_model.training.cards import load_card
 from hermes_model.training.loop import train
 from hermes_model.training.recipe import Recipe, load_recipe
 from hermes_model.training.validation import (
@@ -24,7 +24,7 @@ from hermes_model.training.validation import (
     changed_tensors,
     check_old_tasks_unchanged,
 )
-from hermes_model.weights import load_checkpoint, read_metadata
+from hermes_model.weights.checkpoint import load_checkpoint, read_metadata
 
 NEW = {1: "toyct/organ"}
 OLD_GROUPS = {"toymr": list(MR_TASKS.values())}

@@ -19,7 +19,7 @@ from hermes_model.nets import HermesR
 from hermes_model.training import trainer as trainer_module
 from hermes_model.training.loop import train
 from hermes_model.training.recipe import load_recipe
-from hermes_model.weights import load_checkpoint, read_metadata
+from hermes_model.weights.checkpoint import load_checkpoint, read_metadata
 
 CT_TASKS = {1: "toyct/organ"}
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from hermes_model import tasks
+from hermes_model.datasets.cards import load_card
 from hermes_model.training.cache import build_cache
-from hermes_model.training.cards import load_card
 from hermes_model.training.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from hermes_model.config import PreprocessConfig
+from hermes_model.datasets.cards import load_card
 from hermes_model.errors import ConfigError
 from hermes_model.training.cache import CachedCase, CachedDataset, build_cache
-from hermes_model.training.cards import load_card
 from hermes_model.training.sampling import MixedBatchSampler, collate, make_loader
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,0 +1,167 @@
+"""Reading DICOM series (part of :mod:`hermes_model.io`, which owns the geometry convention).
+
+SimpleITK/GDCM sort a series' files into one regular grid; the checks here refuse series whose
+files do not lie on it (gapped, uneven or tilted) and headers that claim absurd sizes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hermes_model.errors import InputError
+from hermes_model.io.formats import check_claimed_size
+
+if TYPE_CHECKING:
+    from hermes_model.io import ImageMeta
+
+_ITK_ERRORS = (RuntimeError, OSError)
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _one_line(error: BaseException) -> str:
+    from hermes_model.io import _one_line as one_line
+
+    return one_line(error)
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """True for a file with the DICOM preamble ("DICM" at byte 128) or a .dcm suffix."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _series_uid_of(path: Path) -> str:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except _ITK_ERRORS as error:
+        raise InputError(
+            f"{path}: unreadable DICOM file ({_one_line(error)}); pass the series folder instead"
+        ) from error
+    return reader.GetMetaData("0020|000e").strip() if reader.HasMetaDataKey("0020|000e") else ""
+
+
+def _read_dicom(folder: Path, series_uid: str | None) -> tuple[np.ndarray, ImageMeta]:
+    import SimpleITK as sitk
+
+    source = str(folder)
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        raise InputError(f"{source}: empty folder; pass an image file or a folder of DICOM slices")
+    series = {
+        uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(source, uid)
+        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(source)
+    }
+    if not series:
+        raise InputError(
+            f"{source}: folder without DICOM files ({len(entries)} other entries); pass an image "
+            "file (.nii.gz, .nrrd, .mha) or a folder that holds the DICOM slices of one series"
+        )
+    if series_uid is None:
+        series_uid = max(series, key=lambda uid: len(series[uid]))
+    elif series_uid not in series:
+        listed = ", ".join(f"{uid or '(empty UID)'} ({len(f)} files)" for uid, f in series.items())
+        raise InputError(
+            f"{source}: no DICOM series {series_uid!r} here; available series: {listed}"
+        )
+    _check_series_size(series[series_uid], source)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(series[series_uid])
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except _ITK_ERRORS as error:
+        raise InputError(
+            f"{source}: DICOM series cannot be read ({_one_line(error)}); check that all files "
+            "are complete, or convert the series with dcm2niix"
+        ) from error
+    has_tag = reader.HasMetaDataKey(0, "0008|0060")
+    tag = reader.GetMetaData(0, "0008|0060").strip() if has_tag else ""
+    from hermes_model.io import _itk_array, _itk_meta
+
+    _, meta = _itk_meta(
+        image, source, "dicom", modality_tag=tag.upper() or None, series_uid=series_uid
+    )
+    _check_slice_positions(reader, meta, source)
+    return _itk_array(image), meta
+
+
+def _check_series_size(files: tuple[str, ...], source: str) -> None:
+    """The size guard for a series: the first slice's claimed size times the number of files."""
+    import SimpleITK as sitk
+
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    try:
+        first.ReadImageInformation()
+    except _ITK_ERRORS:
+        return  # the series reader names the unreadable file
+    size = first.GetSize()
+    check_claimed_size((*size[:2], len(files) * (size[2] if len(size) > 2 else 1)), 1, source)
+
+
+def _check_slice_positions(reader: Any, meta: ImageMeta, source: str) -> None:
+    """Refuse series whose slices do not sit on the regular grid ITK assumes.
+
+    ITK builds one regular grid from the first slice's orientation and position and one slice
+    step; missing slices, uneven steps or gantry tilt would put every later slice in the wrong
+    place. Each file's ImagePositionPatient must lie within 0.1 voxel of its grid position.
+    """
+    count = len(reader.GetFileNames())
+    key = "0020|0032"
+    if count < 2 or not all(reader.HasMetaDataKey(n, key) for n in range(count)):
+        return
+    try:
+        lps = np.array(
+            [[float(v) for v in reader.GetMetaData(n, key).split("\\")] for n in range(count)]
+        )
+    except ValueError:
+        return
+    world = lps @ _LPS_TO_RAS  # diag matrix: same as applying it to each row
+    expected = meta.affine[:3, 3] + np.outer(np.arange(count), meta.affine[:3, 2])
+    error = world - expected
+    along = error @ meta.direction[:, 2]
+    across = np.linalg.norm(error - np.outer(along, meta.direction[:, 2]), axis=1)
+    tolerance = max(0.01, 0.1 * min(meta.spacing))
+    if across.max() > tolerance:
+        raise InputError(
+            f"{source}: slices drift sideways by up to {across.max():.2f} mm from a regular grid "
+            "(gantry tilt or a sheared series); resample it to a regular grid first (e.g. "
+            "dcm2niix, which corrects gantry tilt) and pass the NIfTI file"
+        )
+    if np.abs(along).max() > tolerance:
+        steps = np.diff(world @ meta.direction[:, 2])
+        raise InputError(
+            f"{source}: uneven slice spacing ({steps.min():.3g} to {steps.max():.3g} mm; missing "
+            "or duplicate slices, or several acquisitions in one series); export a complete "
+            "single-acquisition series, or pick one with series_uid/--series"
+        )
+
+
+def _dicom_info(path: Path) -> dict[str, str]:
+    """A DICOM file's series tags (UID, description, number); empty values when absent."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except _ITK_ERRORS:
+        return {}
+    tags = {"uid": "0020|000e", "description": "0008|103e", "number": "0020|0011"}
+    return {
+        name: reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else ""
+        for name, tag in tags.items()
+    }
