@@ -25,7 +25,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from hermes_model.batch.runner import BatchOptions, segment_files
+from hermes_model.batch.outcome import BatchOptions
+from hermes_model.batch.runner import segment_files
 from hermes_model.datasets.cards import load_card
 from hermes_model.pipeline.segmenter import Segmenter
 

@@ -47,7 +47,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hermes_model import create_model, save_checkpoint
-from hermes_model.batch.runner import BatchOptions, write_case
+from hermes_model.batch.outcome import BatchOptions
+from hermes_model.batch.outputs import write_case
 from hermes_model.config import PreprocessConfig
 from hermes_model.device import resolve_device
 from hermes_model.engines import autocast_dtype

@@ -19,7 +19,8 @@ from rich.table import Table
 
 from hermes_model.config import PreprocessConfig
 from hermes_model.io import read_image
-from hermes_model.pipeline.preprocess import detect_modality, prepare
+from hermes_model.pipeline.checks import detect_modality
+from hermes_model.pipeline.preprocess import prepare
 from hermes_model.pipeline.windows import _is_background, _pad_to, background_threshold, window_grid
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

@@ -28,7 +28,7 @@ from hermes_model.options import ENGINES
 from hermes_model.tasks import MODALITIES
 
 if TYPE_CHECKING:
-    from hermes_model.batch.runner import BatchReport, CaseReport
+    from hermes_model.batch.outcome import BatchReport, CaseReport
 
 Inputs = Annotated[
     list[Path],
@@ -245,7 +245,8 @@ def segment_command(
 ) -> None:  # fmt: skip
     """Segment CT/MR scans: a label map + JSON legend per case, optional masks, stats, previews."""
     with handle_errors(debug):
-        from hermes_model.batch.runner import BatchOptions, parse_shard, segment_files
+        from hermes_model.batch.outcome import BatchOptions
+        from hermes_model.batch.runner import parse_shard, segment_files
         from hermes_model.io.dicom_out import parse_formats
 
         options = BatchOptions(

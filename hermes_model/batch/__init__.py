@@ -1,5 +1,7 @@
 """Many scans, one model load: the runner behind ``hermes segment`` and its HTML report.
 
-``runner``  plan the cases (folders, shards, skipping finished ones), segment, write, summarise
-``report``  the self-contained HTML page of a run (``--report``)
+``outcome``  what a run is asked to do (``BatchOptions``) and what came of it (reports)
+``runner``   plan the cases (folders, shards, finished ones), then read, segment and write them
+``outputs``  the files of one case, the output folder, the stats table
+``report``   the self-contained HTML page of a run (``--report``)
 """

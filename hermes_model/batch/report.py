@@ -22,7 +22,7 @@ from hermes_model.errors import ConfigError
 from hermes_model.io import write_bytes_atomically
 
 if TYPE_CHECKING:
-    from hermes_model.batch.runner import BatchReport, CaseReport
+    from hermes_model.batch.outcome import BatchReport, CaseReport
 
 __all__ = ["THUMBNAIL_HEIGHT", "check_report_path", "images_dir", "thumbnail_png", "write_report"]
 

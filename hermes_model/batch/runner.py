@@ -3,22 +3,7 @@
 Pipeline: while case ``i`` runs on the device, case ``i + 1`` is read in a background thread and
 case ``i - 1``'s outputs are written in another (writing .nii.gz is often slower than the
 network). Each case's failure is isolated: a recognised error (``HermesError``, out of memory)
-becomes one line in the report and the batch goes on.
-
-Outputs per case (every file written atomically; the JSON legend last, so that its presence
-means the case is complete):
-
-    DIR/<case>.nii.gz                       label map on the input's exact grid   (format nifti)
-    DIR/<case>_seg.dcm                      DICOM SEG, one segment per task   (format dicom-seg)
-    DIR/<case>_rtstruct.dcm                 RT Structure Set, one ROI per task (format rtstruct)
-    DIR/<case>.json                         legend: value -> task, volumes, modality, weights
-    DIR/<case>/<task>.nii.gz                one uint8 mask per task            (split)
-    DIR/<case>/<task>_probability.nii.gz    float32 probability, float16 precision  (probabilities)
-    DIR/<case>.png                          three orthogonal slices with overlays     (preview)
-    STATS.csv                               volumes per task per case                 (stats)
-
-Probabilities are stored as float32 holding float16-rounded values: NIfTI-1 has no float16
-type; the dropped mantissa bits compress away.
+becomes one line in the report and the batch goes on. What each case writes: ``outputs``.
 
 Sharding (``shard=(i, n)``): the sorted case list, every n-th case starting at ``i``; ``i`` is
 0-based like torchrun's RANK and SLURM's default array indices (``--shard $RANK/$WORLD_SIZE``).
@@ -26,162 +11,35 @@ Sharding (``shard=(i, n)``): the sorted case list, every n-th case starting at `
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from hermes_model import tasks as registry
-from hermes_model.errors import ConfigError, HermesError, OutputError
-from hermes_model.io import (
-    ImageMeta,
-    case_name,
-    find_images,
-    is_dicom_case,
-    read_image,
-    write_bytes_atomically,
-    write_image,
+from hermes_model.batch.outcome import (
+    BatchObserver,
+    BatchOptions,
+    BatchReport,
+    CaseReport,
+    NullObserver,
 )
+from hermes_model.batch.outputs import (
+    StatsWriter,
+    check_output_dir,
+    finished_legend,
+    skipped_report,
+    write_case,
+)
+from hermes_model.errors import ConfigError, HermesError
+from hermes_model.io import ImageMeta, case_name, find_images, is_dicom_case, read_image
 from hermes_model.pipeline.ood import check_scan
 
-__all__ = [
-    "BatchOptions",
-    "CaseReport",
-    "BatchReport",
-    "BatchObserver",
-    "NullObserver",
-    "parse_shard",
-    "shard_cases",
-    "check_output_dir",
-    "write_case",
-    "segment_files",
-]
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """What to segment and what to write (see the module docstring for the output layout).
-
-    Attributes:
-        output_dir: folder for all outputs (created if missing).
-        tasks: task ids or aliases; None = every task of the weights for each scan's modality.
-        modality: ``ct``/``mr`` for every scan, overriding detection.
-        weights: registry name, ``.safetensors`` path, ``hf://`` URI, or None for the default.
-        device, overlap, tta, precision, batch_size: as
-            :class:`hermes_model.pipeline.segmenter.Segmenter`.
-        split: one mask file per task.
-        probabilities: one probability file per task.
-        preview: a PNG per case.
-        stats: CSV file of volumes per task per case.
-        skip_existing: skip cases whose JSON legend exists (finished earlier).
-        shard: ``(index, count)``, 0-based index: process every count-th case from index.
-        engine: what runs the network (``hermes_model.engines``): auto, torch, openvino, compile.
-        norm_region: z-score region override (``volume``/``body``); None: the weights' own.
-        largest_component: tasks keeping only their largest connected component (``auto``: as
-            the weights record, ``all``, ``none`` or comma-separated task names).
-        formats: label-map formats, any of ``dicom_out.FORMATS`` (DICOM ones need DICOM input).
-        report: an HTML page for the batch (``hermes_model.batch.report``), thumbnails beside it.
-    """
-
-    output_dir: Path
-    tasks: Sequence[str] | None = None
-    modality: str | None = None
-    weights: str | None = None
-    device: str = "auto"
-    overlap: float = 0.5
-    tta: bool = False
-    precision: str = "auto"
-    batch_size: int | None = None
-    split: bool = False
-    probabilities: bool = False
-    preview: bool = False
-    stats: Path | None = None
-    skip_existing: bool = False
-    shard: tuple[int, int] | None = None
-    engine: str = "auto"
-    norm_region: str | None = None
-    largest_component: str = "auto"
-    formats: tuple[str, ...] = ("nifti",)
-    report: Path | None = None
-
-
-@dataclass
-class CaseReport:
-    """What happened to one case: ``status`` is ``done``, ``skipped`` or ``failed`` (then
-    ``message`` is the one-line reason and ``error`` the exception, for tracebacks)."""
-
-    case: str
-    input: str
-    status: str
-    message: str = ""
-    exit_code: int = 0
-    seconds: float = 0.0
-    outputs: list[Path] = field(default_factory=list)
-    volumes_ml: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    error: BaseException | None = field(default=None, repr=False)
-    #: :func:`hermes_model.pipeline.ood.check_scan` lines (also in ``warnings``).
-    out_of_distribution: list[str] = field(default_factory=list)
-
-
-@dataclass
-class BatchReport:
-    """All cases of a run, in processing order (skipped ones first)."""
-
-    cases: list[CaseReport]
-    #: The weights used: name, sha256 and source (empty when every case was skipped early).
-    weights: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> list[CaseReport]:
-        return [c for c in self.cases if c.status == "failed"]
-
-    @property
-    def exit_code(self) -> int:
-        """0 if all went well; a single case's own error code; 1 if some cases of a batch failed."""
-        failed = self.failed
-        if not failed:
-            return 0
-        return failed[0].exit_code if len(self.cases) == 1 else 1
-
-
-class BatchObserver(Protocol):
-    """Progress hooks; the CLI draws progress bars with them (the library never prints)."""
-
-    def started(self, total: int, skipped: int) -> None:
-        """``total`` cases to run, ``skipped`` already finished."""
-
-    def case_started(self, case: str) -> None:
-        """A case's computation begins."""
-
-    def windows(self, done: int, total: int) -> None:
-        """Sliding-window progress within the current case."""
-
-    def case_finished(self, report: CaseReport) -> None:
-        """A case is written, skipped or failed."""
-
-
-class NullObserver:
-    """A :class:`BatchObserver` that ignores everything."""
-
-    def started(self, total: int, skipped: int) -> None:
-        pass
-
-    def case_started(self, case: str) -> None:
-        pass
-
-    def windows(self, done: int, total: int) -> None:
-        pass
-
-    def case_finished(self, report: CaseReport) -> None:
-        pass
+__all__ = ["parse_shard", "shard_cases", "segment_files"]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -202,104 +60,6 @@ def parse_shard(text: str) -> tuple[int, int]:
 def shard_cases(cases: Sequence[Path], index: int, count: int) -> list[Path]:
     """Every ``count``-th case of the sorted list, starting at 0-based ``index``."""
     return sorted(cases, key=str)[index::count]
-
-
-def check_output_dir(folder: Path) -> None:
-    """Create ``folder`` and prove it writable (a probe file, removed); OutputError otherwise."""
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(
-            f"{folder}: cannot create the output folder ({error.strerror or error}); choose a "
-            "writable folder with -o"
-        ) from error
-    probe = write_bytes_atomically(folder / ".hermes-write-test", b"")
-    probe.unlink()
-
-
-def _finished(options: BatchOptions, case: str) -> dict[str, Any] | None:
-    """The case's legend when it was finished earlier (readable JSON), else None."""
-    path = options.output_dir / f"{case}.json"
-    try:
-        legend: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return legend if isinstance(legend, dict) and "labels" in legend else None
-
-
-def _skipped_report(case: str, path: Path, legend: dict[str, Any]) -> CaseReport:
-    rows = [
-        {
-            "case": case,
-            "input": str(path),
-            "task": entry.get("task"),
-            "name": entry.get("name"),
-            "label": entry.get("value"),
-            "voxels": entry.get("voxels"),
-            "volume_ml": entry.get("volume_ml"),
-            "modality": legend.get("modality"),
-            "modality_confidence": legend.get("modality_confidence"),
-        }
-        for entry in legend.get("labels", [])
-    ]
-    volumes = {str(r["task"]): float(r["volume_ml"] or 0.0) for r in rows}
-    return CaseReport(
-        case, str(path), "skipped", "finished earlier", volumes_ml=volumes, rows=rows,
-        warnings=[str(w) for w in legend.get("warnings", [])],
-        out_of_distribution=[str(w) for w in legend.get("out_of_distribution", [])],
-    )  # fmt: skip
-
-
-def write_case(
-    case: str,
-    input_file: str,
-    result: Any,
-    image: np.ndarray,
-    options: BatchOptions,
-    out_of_distribution: Sequence[str] = (),
-) -> list[Path]:
-    """Write one case's outputs (module docstring), the JSON legend last. Returns the paths.
-
-    ``result`` is a :class:`hermes_model.pipeline.result.SegmentationResult`; ``image`` the input
-    array (for the preview); ``out_of_distribution`` the scan's :func:`ood.check_scan` lines
-    (also among ``result.warnings``), kept apart in the legend.
-    """
-    from hermes_model.io.dicom_out import case_outputs
-    from hermes_model.pipeline import postprocess
-
-    folder = options.output_dir
-    meta: ImageMeta = result.meta
-    dicom = case_outputs(case, result, folder, options.formats)  # built first: may fail
-    labels = result.labels()
-    written = []
-    if "nifti" in options.formats:
-        written.append(write_image(labels, meta, folder / f"{case}.nii.gz"))
-    written += [write_bytes_atomically(path, payload) for path, payload in dicom]
-    stems = postprocess.task_file_stems(result.task_ids)
-    files: dict[str, str] = {}
-    for task in result.task_ids:
-        if options.split:
-            path = write_image(result.mask(task), meta, folder / case / f"{stems[task]}.nii.gz")
-            files[task] = str(path.relative_to(folder))
-            written.append(path)
-        if options.probabilities:
-            path = folder / case / f"{stems[task]}_probability.nii.gz"
-            written.append(write_image(result.probability(task), meta, path, dtype=np.float32))
-    if options.preview:
-        png = postprocess.preview_png(image, meta.affine, labels, result)
-        written.append(write_bytes_atomically(folder / f"{case}.png", png))
-    if options.report is not None:
-        from hermes_model.batch.report import images_dir, thumbnail_png
-
-        thumbnail = images_dir(options.report) / f"{case}.png"
-        written.append(write_bytes_atomically(thumbnail, thumbnail_png(image, labels, result)))
-    legend = postprocess.legend(result, input_file, files)
-    legend["outputs"] = [str(p.relative_to(folder)) for p in written if p.is_relative_to(folder)]
-    legend["out_of_distribution"] = list(out_of_distribution)
-    text = json.dumps(legend, indent=2) + "\n"
-    written.append(write_bytes_atomically(folder / f"{case}.json", text.encode()))
-    return written
 
 
 def _recognised_errors() -> tuple[type[BaseException], ...]:
@@ -378,11 +138,11 @@ def segment_files(
     reports: list[CaseReport] = []
     todo: list[Path] = []
     for path in cases:
-        legend = _finished(options, case_name(path)) if options.skip_existing else None
+        legend = finished_legend(options, case_name(path)) if options.skip_existing else None
         if legend is None:
             todo.append(path)
         else:
-            reports.append(_skipped_report(case_name(path), path, legend))
+            reports.append(skipped_report(case_name(path), path, legend))
     if segmenter is None:
         segmenter = Segmenter(
             options.weights, options.device, options.overlap, options.batch_size, options.tta,
@@ -394,7 +154,7 @@ def segment_files(
     observer.started(len(todo), len(reports))
     for report in reports:
         observer.case_finished(report)
-    stats = _StatsWriter(options.stats, [row for r in reports for row in r.rows])
+    stats = StatsWriter(options.stats, [row for r in reports for row in r.rows])
     with (
         ThreadPoolExecutor(1, "hermes-read") as reader,
         ThreadPoolExecutor(1, "hermes-write") as writer,
@@ -408,25 +168,6 @@ def segment_files(
     return batch
 
 
-class _StatsWriter:
-    """Rewrites the stats CSV (atomically) after every finished case, so progress is kept."""
-
-    def __init__(self, path: Path | None, rows: list[dict[str, Any]]) -> None:
-        self.path, self.rows = path, rows
-        self.write()
-
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        if self.path is not None and rows:
-            self.rows.extend(rows)
-            self.write()
-
-    def write(self) -> None:
-        from hermes_model.pipeline.postprocess import stats_csv
-
-        if self.path is not None:
-            write_bytes_atomically(self.path, stats_csv(self.rows))
-
-
 @dataclass
 class _Pipeline:
     """Read ahead, compute, write behind: at most one case in each stage."""
@@ -436,7 +177,7 @@ class _Pipeline:
     observer: BatchObserver
     reader: ThreadPoolExecutor
     writer: ThreadPoolExecutor
-    stats: _StatsWriter
+    stats: StatsWriter
     reports: list[CaseReport]
 
     def run(self, todo: list[Path]) -> None:

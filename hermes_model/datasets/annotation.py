@@ -29,14 +29,36 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from hermes_model.datasets.layouts import Case
 from hermes_model.errors import ConfigError
 
-if TYPE_CHECKING:
-    from hermes_model.datasets.cards import Case, DatasetCard
-
 __all__ = ["AnnotationSpec", "parse_annotation", "annotated_tasks", "apply_annotation"]
+
+
+class AnnotatedCard(Protocol):
+    """What annotation reads of a :class:`hermes_model.datasets.cards.DatasetCard` (which
+    imports this module, so it is described here rather than imported)."""
+
+    @property
+    def source(self) -> Path: ...
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def labels(self) -> Mapping[int, str]: ...
+
+    @property
+    def ignore_labels(self) -> tuple[int, ...]: ...
+
+    @property
+    def dataset_json(self) -> str: ...
+
+    @property
+    def annotated(self) -> AnnotationSpec | None: ...
+
 
 _KEYS = {"file", "key", "missing"}
 _MISSING = ("error", "all")
@@ -73,7 +95,7 @@ def _squash(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def _label_names(card: DatasetCard) -> dict[str, int]:
+def _label_names(card: AnnotatedCard) -> dict[str, int]:
     """Squashed name -> label value: task ids, their label parts, dataset.json label names."""
     names: dict[str, int] = {}
     path = card.root / card.dataset_json
@@ -93,7 +115,7 @@ def _label_names(card: DatasetCard) -> dict[str, int]:
     return names
 
 
-def _read(card: DatasetCard, spec: AnnotationSpec) -> Mapping[str, Any]:
+def _read(card: AnnotatedCard, spec: AnnotationSpec) -> Mapping[str, Any]:
     path = card.root / spec.file
     try:
         doc = json.loads(path.read_text())
@@ -114,7 +136,7 @@ def _read(card: DatasetCard, spec: AnnotationSpec) -> Mapping[str, Any]:
     return doc
 
 
-def annotated_tasks(card: DatasetCard) -> dict[str, frozenset[str]]:
+def annotated_tasks(card: AnnotatedCard) -> dict[str, frozenset[str]]:
     """Case id -> the card's task ids that the case annotates (an empty dict without
     ``[annotated]``). Raises ConfigError for a label that names nothing in the card."""
     spec = card.annotated
@@ -142,7 +164,7 @@ def annotated_tasks(card: DatasetCard) -> dict[str, frozenset[str]]:
     return out
 
 
-def apply_annotation(card: DatasetCard, cases: Sequence[Case]) -> list[Case]:
+def apply_annotation(card: AnnotatedCard, cases: Sequence[Case]) -> list[Case]:
     """``cases`` with ``annotated`` set from the card's ``[annotated]`` file (unchanged
     without one). A case missing from the file is an error unless ``missing = "all"``."""
     if card.annotated is None:

@@ -1,3 +1,4 @@
+# Over 400 lines: the card's TOML schema and its checks in one place; layouts.py lists files.
 """Dataset cards: where a dataset lives, how it is laid out, what its labels mean, how it splits.
 
 A card is a small TOML file (``train/datasets/*.toml``) read into a frozen :class:`DatasetCard`::
@@ -30,12 +31,11 @@ lists files and :func:`validate` reads every image and label of a split.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,17 @@ else:  # pragma: no cover - Python 3.10 needs the tomli backport
     import tomli as tomllib
 
 from hermes_model.datasets.annotation import AnnotationSpec, apply_annotation, parse_annotation
+from hermes_model.datasets.layouts import (
+    Case,
+    SplitSpec,
+    case_id,
+    entry_image,
+    file_split,
+    fraction_split,
+    list_msd,
+    list_nnunet,
+    read_json,
+)
 from hermes_model.errors import ConfigError, HermesError
 
 __all__ = [
@@ -60,7 +71,6 @@ __all__ = [
 ]
 
 LAYOUTS = ("msd", "nnunet")
-_IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _CARD_KEYS = {
     "name",
     "description",
@@ -78,38 +88,6 @@ _CARD_KEYS = {
 }
 _SPLIT_KEYS = {"fractions", "file", "fold", "lists", "dataset_json", "seed", "group"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-@dataclass(frozen=True)
-class Case:
-    """One image/label pair of a dataset. ``annotated``: the task ids this case annotates
-    (from the card's ``[annotated]``); None = every task of the dataset."""
-
-    image: Path
-    label: Path
-    case_id: str
-    annotated: frozenset[str] | None = None
-
-
-@dataclass(frozen=True)
-class SplitSpec:
-    """How a card's cases are divided into named splits.
-
-    ``kind`` is ``fractions`` (seeded shuffle of case ids, or of groups of case ids when
-    ``group`` is a regex whose first group names the patient), ``file`` (a JSON file relative
-    to the dataset root: ``{"train": [...], "val": [...]}`` or nnU-Net's list of folds, with
-    ``fold``), ``lists`` (explicit case ids) or ``dataset_json`` (split name -> name of a list
-    in the MSD dataset.json, e.g. AMOS's ``training`` and ``validation``).
-    """
-
-    kind: str
-    fractions: Mapping[str, float] = field(default_factory=dict)
-    file: str = ""
-    fold: int | None = None
-    lists: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    json_lists: Mapping[str, str] = field(default_factory=dict)
-    seed: int = 0
-    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -159,7 +137,7 @@ class DatasetCard:
                 f"{self.source}: dataset folder {root} does not exist; download {self.name} "
                 "there, or set HERMES_DATA / edit 'root' in the card"
             )
-        cases = _list_nnunet(self, root) if self.layout == "nnunet" else _list_msd(self, root)
+        cases = list_nnunet(self, root) if self.layout == "nnunet" else list_msd(self, root)
         if self.include:
             pattern = re.compile(self.include)
             cases = [c for c in cases if pattern.search(c.case_id)]
@@ -213,9 +191,9 @@ class DatasetCard:
         if spec.kind == "lists":
             return {k: list(v) for k, v in spec.lists.items()}
         if spec.kind == "fractions":
-            return _fraction_split(ids, spec, self.source)
+            return fraction_split(ids, spec, self.source)
         if spec.kind == "dataset_json":
-            data = _read_json(self.root / self.dataset_json, self.source)
+            data = read_json(self.root / self.dataset_json, self.source)
             out: dict[str, list[str]] = {}
             for split_name, list_name in spec.json_lists.items():
                 entries = data.get(list_name)
@@ -224,12 +202,12 @@ class DatasetCard:
                         f"{self.source}: split {split_name!r} names list {list_name!r}, which "
                         f"{self.root / self.dataset_json} lacks; use one of its lists"
                     )
-                ids = [_case_id(_entry_image(e, self.source)) for e in entries]
+                ids = [case_id(entry_image(e, self.source)) for e in entries]
                 # AMOS lists CT and MR together; 'include' picks this card's part of each list.
                 keep = re.compile(self.include).search if self.include else None
                 out[split_name] = [i for i in ids if keep is None or keep(i)]
             return out
-        return _file_split(self.root / spec.file, spec, self.source)
+        return file_split(self.root / spec.file, spec, self.source)
 
 
 def expand_path(spec: str, base: Path, source: Path) -> Path:
@@ -451,120 +429,3 @@ def _parse_split(table: Any, source: Path) -> SplitSpec:
         return SplitSpec(kind, json_lists={str(k): str(v) for k, v in table[kind].items()})
     fold = table.get("fold")
     return SplitSpec(kind, file=str(table["file"]), fold=None if fold is None else int(fold))
-
-
-def _fraction_split(ids: list[str], spec: SplitSpec, source: Path) -> dict[str, list[str]]:
-    if spec.group:
-        pattern = re.compile(spec.group)
-        groups: dict[str, list[str]] = {}
-        for case_id in ids:
-            match = pattern.search(case_id)
-            if match is None:
-                raise ConfigError(
-                    f"{source}: case {case_id!r} does not match split group {spec.group!r}"
-                )
-            groups.setdefault(match.group(1) if match.groups() else match.group(0), []).append(
-                case_id
-            )
-    else:
-        groups = {i: [i] for i in ids}
-    keys = sorted(groups)
-    order = np.random.default_rng(spec.seed).permutation(len(keys))
-    out: dict[str, list[str]] = {}
-    cumulative, start = 0.0, 0
-    for name, fraction in spec.fractions.items():
-        cumulative += fraction
-        stop = round(cumulative * len(keys))
-        out[name] = sorted(i for k in order[start:stop] for i in groups[keys[k]])
-        start = stop
-    return out
-
-
-def _file_split(path: Path, spec: SplitSpec, source: Path) -> dict[str, list[str]]:
-    data = _read_json(path, source)
-    if isinstance(data, list):
-        if spec.fold is None or not 0 <= spec.fold < len(data):
-            raise ConfigError(
-                f"{source}: {path} holds {len(data)} folds; set [split] fold to 0..{len(data) - 1}"
-            )
-        data = data[spec.fold]
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {path} must hold an object of split name -> case ids")
-    return {str(k): [str(i) for i in v] for k, v in data.items() if isinstance(v, list)}
-
-
-def _read_json(path: Path, source: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"{source}: {path} does not exist; check 'root' and the split/layout")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{source}: {path} is not valid JSON ({error})") from error
-
-
-def _case_id(path: str | Path) -> str:
-    name = Path(path).name
-    for ending in _IMAGE_ENDINGS:
-        if name.endswith(ending):
-            return name[: -len(ending)]
-    return name
-
-
-def _entry_image(entry: Any, source: Path) -> str:
-    if isinstance(entry, str):
-        return entry
-    if isinstance(entry, dict) and isinstance(entry.get("image"), str):
-        return entry["image"]
-    raise ConfigError(f"{source}: dataset.json entry {entry!r} has no 'image' path")
-
-
-def _list_msd(card: DatasetCard, root: Path) -> list[Case]:
-    json_path = root / card.dataset_json
-    if not json_path.is_file():
-        images = root / "imagesTr"
-        if not images.is_dir():
-            raise ConfigError(
-                f"{card.source}: {root} has neither {card.dataset_json} nor imagesTr/; "
-                "an MSD layout needs one of them"
-            )
-        return [
-            Case(p, root / "labelsTr" / p.name, _case_id(p))
-            for p in sorted(images.iterdir())
-            if p.name.endswith(_IMAGE_ENDINGS) and not p.name.startswith(".")
-        ]
-    data = _read_json(json_path, card.source)
-    cases = []
-    for list_name in card.json_lists:
-        entries = data.get(list_name)
-        if not isinstance(entries, list):
-            raise ConfigError(
-                f"{card.source}: {json_path} has no list {list_name!r}; set json_lists"
-            )
-        for entry in entries:
-            if not isinstance(entry, dict) or "label" not in entry:
-                raise ConfigError(f"{card.source}: {json_path} entry {entry!r} lacks a label")
-            image = _entry_image(entry, card.source)
-            cases.append(
-                Case((root / image).resolve(), (root / entry["label"]).resolve(), _case_id(image))
-            )
-    return cases
-
-
-def _list_nnunet(card: DatasetCard, root: Path) -> list[Case]:
-    data = _read_json(root / card.dataset_json, card.source)
-    channels = data.get("channel_names", data.get("modality", {"0": ""}))
-    if str(card.channel) not in {str(k) for k in channels}:
-        raise ConfigError(
-            f"{card.source}: channel {card.channel} is not in {root / card.dataset_json} "
-            f"channel_names {channels}; set 'channel'"
-        )
-    ending = str(data.get("file_ending", ".nii.gz"))
-    suffix = f"_{card.channel:04d}{ending}"
-    images = root / "imagesTr"
-    if not images.is_dir():
-        raise ConfigError(f"{card.source}: {images} does not exist; an nnU-Net layout needs it")
-    return [
-        Case(p, root / "labelsTr" / (p.name[: -len(suffix)] + ending), p.name[: -len(suffix)])
-        for p in sorted(images.iterdir())
-        if p.name.endswith(suffix) and not p.name.startswith(".")
-    ]

@@ -7,27 +7,18 @@ files do not lie on it (gapped, uneven or tilted) and headers that claim absurd 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from hermes_model.errors import InputError
-from hermes_model.io.formats import check_claimed_size
-
-if TYPE_CHECKING:
-    from hermes_model.io import ImageMeta
+from hermes_model.io.itk import itk_array, itk_meta
+from hermes_model.io.meta import LPS_TO_RAS, ImageMeta, check_claimed_size, one_line
 
 _ITK_ERRORS = (RuntimeError, OSError)
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
-def _one_line(error: BaseException) -> str:
-    from hermes_model.io import _one_line as one_line
-
-    return one_line(error)
-
-
-def _is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
     """True for a file with the DICOM preamble ("DICM" at byte 128) or a .dcm suffix."""
     if path.suffix.lower() == ".dcm":
         return True
@@ -39,7 +30,7 @@ def _is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _series_uid_of(path: Path) -> str:
+def series_uid_of(path: Path) -> str:
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -48,12 +39,12 @@ def _series_uid_of(path: Path) -> str:
         reader.ReadImageInformation()
     except _ITK_ERRORS as error:
         raise InputError(
-            f"{path}: unreadable DICOM file ({_one_line(error)}); pass the series folder instead"
+            f"{path}: unreadable DICOM file ({one_line(error)}); pass the series folder instead"
         ) from error
     return reader.GetMetaData("0020|000e").strip() if reader.HasMetaDataKey("0020|000e") else ""
 
 
-def _read_dicom(folder: Path, series_uid: str | None) -> tuple[np.ndarray, ImageMeta]:
+def read_dicom(folder: Path, series_uid: str | None) -> tuple[np.ndarray, ImageMeta]:
     import SimpleITK as sitk
 
     source = str(folder)
@@ -84,18 +75,17 @@ def _read_dicom(folder: Path, series_uid: str | None) -> tuple[np.ndarray, Image
         image = reader.Execute()
     except _ITK_ERRORS as error:
         raise InputError(
-            f"{source}: DICOM series cannot be read ({_one_line(error)}); check that all files "
+            f"{source}: DICOM series cannot be read ({one_line(error)}); check that all files "
             "are complete, or convert the series with dcm2niix"
         ) from error
     has_tag = reader.HasMetaDataKey(0, "0008|0060")
     tag = reader.GetMetaData(0, "0008|0060").strip() if has_tag else ""
-    from hermes_model.io import _itk_array, _itk_meta
 
-    _, meta = _itk_meta(
+    _, meta = itk_meta(
         image, source, "dicom", modality_tag=tag.upper() or None, series_uid=series_uid
     )
     _check_slice_positions(reader, meta, source)
-    return _itk_array(image), meta
+    return itk_array(image), meta
 
 
 def _check_series_size(files: tuple[str, ...], source: str) -> None:
@@ -129,7 +119,7 @@ def _check_slice_positions(reader: Any, meta: ImageMeta, source: str) -> None:
         )
     except ValueError:
         return
-    world = lps @ _LPS_TO_RAS  # diag matrix: same as applying it to each row
+    world = lps @ LPS_TO_RAS  # diag matrix: same as applying it to each row
     expected = meta.affine[:3, 3] + np.outer(np.arange(count), meta.affine[:3, 2])
     error = world - expected
     along = error @ meta.direction[:, 2]
@@ -150,7 +140,7 @@ def _check_slice_positions(reader: Any, meta: ImageMeta, source: str) -> None:
         )
 
 
-def _dicom_info(path: Path) -> dict[str, str]:
+def dicom_info(path: Path) -> dict[str, str]:
     """A DICOM file's series tags (UID, description, number); empty values when absent."""
     import SimpleITK as sitk
 

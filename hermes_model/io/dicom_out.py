@@ -183,7 +183,7 @@ def _check_positions(datasets: list[Any], meta: ImageMeta) -> None:
 
 
 def _software() -> str:
-    from hermes_model import __version__
+    from hermes_model.version import __version__
 
     return str(__version__)
 

@@ -1,3 +1,4 @@
+# Over 400 lines: MedFormer's blocks and Hermes-M are one architecture, read top to bottom.
 """MedFormer backbone (Gao et al., 2022) and Hermes-M (paper §3, appendix B.1, eq. 7, Table 6).
 
 Layout; scales are downsampling factors, channels ``config.channels(s)`` (32-64-128-256-320 for

@@ -1,6 +1,7 @@
 """A scan's way through the model, one module per step, in the data's order.
 
-``preprocess``     reorient, resample, normalise (and the pre-flight checks of an image)
+``checks``         which modality a scan is, and whether its values can be segmented
+``preprocess``     reorient, resample, normalise; and back (``restore``)
 ``group_spacing``  one prepared grid per task group when groups were trained at their own spacing
 ``windows``        sliding windows, task groups, background skipping, Gaussian stitching
 ``segmenter``      ``Segmenter``: weights loaded once, every step above run for each scan

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hermes_model.errors import ConfigError
+from hermes_model.weights.checkpoint import LARGEST_COMPONENT_KEY
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 #: Weights metadata: the task ids for which the filter was chosen on validation.
-METADATA_KEY = "largest_component"
+METADATA_KEY = LARGEST_COMPONENT_KEY
 
 #: The named choices; anything else is a list of task ids.
 CHOICES = ("auto", "all", "none")
@@ -54,7 +55,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     An empty mask, or one with a single component, is returned unchanged (the same array). Of
     components of equal size, the first in C order is kept.
     """
-    from scipy import ndimage  # here, not at import: the model card reads METADATA_KEY
+    from scipy import ndimage  # here, not at import: importing this module stays cheap
 
     if mask.dtype != np.bool_:
         raise ValueError(f"largest_component needs a boolean mask, not {mask.dtype}")

@@ -160,7 +160,7 @@ def legend(
 
     ``files`` maps task id -> the per-task output file names written (``--split``), if any.
     """
-    from hermes_model import __version__
+    from hermes_model.version import __version__
 
     labels = []
     for value, task in enumerate(result.task_ids, start=1):

@@ -30,7 +30,8 @@ from hermes_model.engines import Engine, make_engine
 from hermes_model.errors import ConfigError, TaskError, WeightsError
 from hermes_model.io import ImageMeta, read_image
 from hermes_model.pipeline import components, postprocess
-from hermes_model.pipeline.preprocess import check_image, detect_modality, prepare
+from hermes_model.pipeline.checks import check_image, detect_modality
+from hermes_model.pipeline.preprocess import prepare
 from hermes_model.pipeline.result import SegmentationResult
 from hermes_model.pipeline.windows import (
     WindowSettings,

@@ -188,7 +188,7 @@ def _difference(saved: Any, current: Any, path: str = "") -> str:
 def checkpoint_metadata(trainer: Trainer) -> dict[str, Any]:
     """Checkpoint metadata of a run: name, data licence, provenance (recipe, data, split,
     iterations, seed, versions, commit, times, device, starting weights, last validation)."""
-    from hermes_model import __version__
+    from hermes_model.version import __version__
 
     recipe, data = trainer.recipe, trainer.data
     datasets, licences = [], []

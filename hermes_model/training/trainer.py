@@ -1,3 +1,4 @@
+# Over 400 lines: the Trainer is one object; checkpointing, validation, optim live apart.
 """The :class:`Trainer`: one run's model, optimiser, data stream, validation and files.
 
 ``loop.train`` is the entry point and documents the behaviour; this module holds the state and

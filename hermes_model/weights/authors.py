@@ -1,3 +1,4 @@
+# Over 400 lines: one conversion, the authors' key layout and ours side by side.
 """The authors' Hermes-R checkpoints (yhygao/universal-medical-image-segmentation) as Hermes
 checkpoints: ``hermes weights import``.
 

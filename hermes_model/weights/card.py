@@ -1,3 +1,4 @@
+# Over 400 lines: one document, its sections in reading order, after the facts they use.
 """Hugging Face model cards written from a checkpoint's own metadata (nothing typed twice).
 
 :func:`model_card` reads what :func:`hermes_model.weights.checkpoint.save_checkpoint` stored (task
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hermes_model.errors import InputError, WeightsError
-from hermes_model.pipeline.components import METADATA_KEY as LARGEST_COMPONENT
+from hermes_model.weights.checkpoint import LARGEST_COMPONENT_KEY as LARGEST_COMPONENT
 from hermes_model.weights.checkpoint import read_metadata, sha256_file
 
 __all__ = ["CardFacts", "card_facts", "model_card", "write_card", "HF_LICENSES"]

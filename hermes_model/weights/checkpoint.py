@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+#: Metadata key: the task ids whose masks keep only their largest connected component (chosen on
+#: validation; ``hermes_model.pipeline.components`` applies it, the model card lists it).
+LARGEST_COMPONENT_KEY = "largest_component"
 _KEY = "hermes"
 
 
@@ -71,7 +74,7 @@ def save_checkpoint(
     """
     import torch
 
-    from hermes_model import __version__
+    from hermes_model.version import __version__
 
     tensors = {}
     for key, value in model.state_dict().items():

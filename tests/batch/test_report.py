@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from hermes_cli.main import app
 from hermes_model import create_model, save_checkpoint
+from hermes_model.batch.outcome import BatchReport, CaseReport
 from hermes_model.batch.report import render, write_report
-from hermes_model.batch.runner import BatchReport, CaseReport
 from hermes_model.config import PreprocessConfig
 from hermes_model.pipeline import ood
 from hermes_model.weights import hub

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 from conftest import write_nifti
 
-from hermes_model.batch.runner import (
-    BatchOptions,
-    BatchReport,
-    CaseReport,
-    check_output_dir,
-    parse_shard,
-    segment_files,
-    shard_cases,
-)
+from hermes_model.batch.outcome import BatchOptions, BatchReport, CaseReport
+from hermes_model.batch.outputs import check_output_dir
+from hermes_model.batch.runner import parse_shard, segment_files, shard_cases
 from hermes_model.errors import ConfigError, OutputError
 
 

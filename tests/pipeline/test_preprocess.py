@@ -14,10 +14,9 @@ import torch
 from hermes_model.config import PreprocessConfig
 from hermes_model.errors import ConfigError, InputError, TaskError
 from hermes_model.io import ImageMeta, read_image
+from hermes_model.pipeline.checks import check_image, detect_modality
 from hermes_model.pipeline.preprocess import (
     Prepared,
-    check_image,
-    detect_modality,
     normalise,
     percentiles,
     prepare,
