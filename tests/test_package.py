@@ -36,7 +36,7 @@ def test_public_api_is_lazy_and_complete() -> None:
         "from hermes_model.pipeline.segmenter import Segmenter as Home\n"
         "assert Segmenter is Home\n"
         "from hermes_model.io import read_image, ImageMeta\n"
-        "from hermes_model.inference import Segmenter as Alias, SegmentationResult, WindowSettings\n"
+        "from hermes_model.inference import Segmenter as Alias, WindowSettings\n"
         "assert Alias is Segmenter\n"
         "print(hermes_model.__version__)\n"
     )
