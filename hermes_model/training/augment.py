@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from hermes_model.training.recipe import AugmentConfig
+from hermes_model.training.settings import AugmentConfig
 
 __all__ = ["Augmenter"]
 

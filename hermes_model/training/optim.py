@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hermes_model.training.recipe import OptimizerSettings, ScheduleSettings
+from hermes_model.training.settings import OptimizerSettings, ScheduleSettings
 
 __all__ = ["Lamb", "make_optimizer", "WarmupDecay", "make_scheduler", "ModelEMA"]
 

@@ -58,19 +58,7 @@ from hermes_model.training.settings import (
     ValidationSettings,
 )
 
-__all__ = [
-    "Recipe",
-    "ModelSpec",
-    "DatasetEntry",
-    "TrainSettings",
-    "OptimizerSettings",
-    "ScheduleSettings",
-    "LossSettings",
-    "AugmentConfig",
-    "EMASettings",
-    "ValidationSettings",
-    "load_recipe",
-]
+__all__ = ["Recipe", "load_recipe"]  # its sections: hermes_model.training.settings
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import dataclasses
 import torch
 
 from hermes_model.training.augment import Augmenter
-from hermes_model.training.recipe import AugmentConfig
+from hermes_model.training.settings import AugmentConfig
 
 SPATIAL_ONLY = AugmentConfig(
     p_spatial=1.0, rotation_deg=30.0, scale_range=(0.7, 1.4), crop_margin=4,

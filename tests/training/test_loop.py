@@ -199,7 +199,6 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(
     name: str, tmp_path: Path
 ) -> None:
     from hermes_model.training.optim import make_optimizer
-    from hermes_model.training.recipe import OptimizerSettings
     from hermes_model.training.resume import (
         TrainState,
         flatten_optimizer,
@@ -207,6 +206,7 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(
         save_state,
         unflatten_optimizer,
     )
+    from hermes_model.training.settings import OptimizerSettings
 
     def setup() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(0)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hermes_model.training.optim import Lamb, ModelEMA, WarmupDecay, make_optimizer, make_scheduler
-from hermes_model.training.recipe import OptimizerSettings, ScheduleSettings
+from hermes_model.training.settings import OptimizerSettings, ScheduleSettings
 
 
 def _lamb_by_hand(
