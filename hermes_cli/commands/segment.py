@@ -43,15 +43,19 @@ Output = Annotated[
 Tasks = Annotated[
     str | None,
     typer.Option(
-        help="Comma-separated task ids or aliases (hermes tasks). Default: every task of the "
-        "weights trained on the scan's modality; naming fewer is faster (fewer task groups)."
+        help="Comma-separated task ids or aliases (hermes tasks). Without --weights, each task "
+        "comes from the registered weights that have it (the default weights first, then your "
+        "imported/personal ones, then packaged, then downloadable; several weights files run as "
+        "one job). Default: every task of the default weights trained on the scan's modality; "
+        "naming fewer is faster (fewer task groups)."
     ),
 ]
 Weights = Annotated[
     str | None,
     typer.Option(
-        help="Registry name, .safetensors file or hf://org/repo@commit/file. Default: the "
-        "registry's default weights (small, offline); larger weights are slower and better."
+        help="Registry name, .safetensors file or hf://org/repo@commit/file: every task from "
+        "these weights. Default: the registry's default weights (small, offline), or with "
+        "--tasks the weights that have each task; larger weights are slower and better."
     ),
 ]
 # Choices come from the registry (as in ``hermes tasks``); mypy cannot see the members.
@@ -212,8 +216,15 @@ class _Bars:
 
 
 def _summary(report: BatchReport) -> Table:
-    used = report.weights
-    caption = f"weights: {used['name']} (sha256 {used['sha256'][:12]}…)" if used else None
+    used, runtime = report.weights, report.runtime
+    caption = None
+    if used:  # several weights files (routed --tasks) are joined with " + "
+        names, hashes = used["name"].split(" + "), used["sha256"].split(" + ")
+        caption = "weights: " + ", ".join(
+            f"{n} (sha256 {h[:12]}…)" for n, h in zip(names, hashes, strict=False)
+        )
+        if runtime:
+            caption += f"; {runtime['engine']} {runtime['precision']} on {runtime['device']}"
     table = Table(title=f"hermes segment: {len(report.cases)} case(s)", caption=caption)
     for column in ("case", "status", "seconds", "volumes (mL) / problem"):
         table.add_column(column, overflow="fold")

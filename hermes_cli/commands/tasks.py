@@ -54,7 +54,8 @@ def tasks_command(
     ] = False,
     debug: DebugOption = False,
 ) -> None:
-    """List the tasks Hermes knows: ids, datasets, modalities, kinds and aliases."""
+    """List the tasks Hermes knows: ids, datasets, modalities, kinds, aliases, and the
+    registered weights that segment each."""
     with handle_errors(debug):
         wanted = modality.value if modality is not None else None
         if aliases:
@@ -68,7 +69,12 @@ def tasks_command(
                 return
             _print_aliases(table)
             return
+        from hermes_model.weights.routing import providers
+
         records = tasks.task_records(dataset, wanted)
+        having = providers()
+        for record in records:
+            record["weights"] = [{"name": n, "state": s} for n, s in having.get(record["id"], [])]
         if json_out:
             out.print_json(data=records)
             return
@@ -77,7 +83,7 @@ def tasks_command(
 
 def _print_tasks(records: list[dict[str, Any]]) -> None:
     # Below ~110 columns the display name is dropped: the id already names the structure.
-    columns = ["id", "name", "dataset(s)", "modality", "kind", "aliases"]
+    columns = ["id", "name", "dataset(s)", "modality", "kind", "aliases", "weights"]
     if out.width < 110:
         columns.remove("name")
     table = Table(
@@ -88,7 +94,7 @@ def _print_tasks(records: list[dict[str, Any]]) -> None:
         pad_edge=False,
     )
     for column in columns:
-        wrap = column in ("name", "dataset(s)", "aliases")
+        wrap = column in ("name", "dataset(s)", "aliases", "weights")
         table.add_column(
             column,
             no_wrap=not wrap,
@@ -103,6 +109,7 @@ def _print_tasks(records: list[dict[str, Any]]) -> None:
             "modality": " ".join(record["modalities"]),
             "kind": record["kind"],
             "aliases": ", ".join(record["aliases"]),
+            "weights": ", ".join(f"{w['name']} ({w['state']})" for w in record["weights"]) or "-",
         }
         table.add_row(*(str(cells[c]) for c in columns))
     out.print(table)
@@ -123,5 +130,7 @@ _CAPTION = (
     "(hermes tasks --aliases). The paper's 7 upstream datasets give 42 tasks; the authors' "
     "released weights have 71. Modality rows of the model: "
     + ", ".join(tasks.MODALITIES)
-    + " (mr: MR of unknown sequence, what detection gives; name a row with --modality)."
+    + " (mr: MR of unknown sequence, what detection gives; name a row with --modality). "
+    "weights: the registered weights that segment a task: installed, downloadable (hermes "
+    "weights download NAME) or manual (hermes weights download NAME says where to get them)."
 )

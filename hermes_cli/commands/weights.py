@@ -38,7 +38,9 @@ def list_command(debug: DebugOption = False) -> None:
         base = "env: $HERMES_WEIGHTS_TOML" if os.environ.get(hub.REGISTRY_ENV) else "packaged"
         table = Table(
             title=f"{len(entries)} weights",
-            caption=f"* the default (used without --weights)\n{base}: {hub.registry_path()}\n"
+            caption=f"* the default (used without --weights)\nmanual: fetched by hand; 'hermes "
+            "weights download NAME' says where, 'hermes weights import FILE --name NAME' adds it\n"
+            f"{base}: {hub.registry_path()}\n"
             f"personal: {personal}" + ("" if personal.is_file() else " (none yet)"),
             caption_justify="left",
             box=SIMPLE_HEAD,
@@ -53,7 +55,7 @@ def list_command(debug: DebugOption = False) -> None:
                 entry.source,
                 str(len(entry.tasks)),
                 entry.licence or "-",
-                "yes" if hub.local_copy(entry) is not None else "no",
+                "manual" if entry.manual else "yes" if hub.local_copy(entry) is not None else "no",
                 "env" if entry.origin == hub.REGISTRY_ENV else entry.origin,
             )
         out.print(table)
@@ -72,7 +74,9 @@ def download_command(
     ] = False,
     debug: DebugOption = False,
 ) -> None:
-    """Download weights into the Hugging Face cache and check their sha256; print the path."""
+    """Download weights into the Hugging Face cache and check their sha256; print the path.
+    For weights that cannot be downloaded automatically (source manual), say where to get
+    them and how to import them (exit 5)."""
     with handle_errors(debug):
         resolved = hub.download(name, force=force)
         err.print(f"{resolved.name}: sha256 {resolved.sha256}", highlight=False)

@@ -19,7 +19,8 @@ class BatchOptions:
         output_dir: folder for all outputs (created if missing).
         tasks: task ids or aliases; None = every task of the weights for each scan's modality.
         modality: ``ct``/``mr`` for every scan, overriding detection.
-        weights: registry name, ``.safetensors`` path, ``hf://`` URI, or None for the default.
+        weights: registry name, ``.safetensors`` path, ``hf://`` URI, or None: the default
+            weights, or with ``tasks`` the registered weights that have them (``pipeline.routed``).
         device, overlap, tta, precision, batch_size: as
             :class:`hermes_model.pipeline.segmenter.Segmenter`.
         split: one mask file per task.
@@ -86,6 +87,8 @@ class BatchReport:
     cases: list[CaseReport]
     #: The weights used: name, sha256 and source (empty when every case was skipped early).
     weights: dict[str, str] = field(default_factory=dict)
+    #: What computed the masks: engine, precision and device.
+    runtime: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[CaseReport]:

@@ -95,6 +95,7 @@ def write_case(
     """
     from hermes_model.io.dicom_out import case_outputs
     from hermes_model.pipeline import postprocess
+    from hermes_model.pipeline.preview import preview_png
 
     folder = options.output_dir
     meta: ImageMeta = result.meta
@@ -115,7 +116,7 @@ def write_case(
             path = folder / case / f"{stems[task]}_probability.nii.gz"
             written.append(write_image(result.probability(task), meta, path, dtype=np.float32))
     if options.preview:
-        png = postprocess.preview_png(image, meta.affine, labels, result)
+        png = preview_png(image, meta.affine, labels, result)
         written.append(write_bytes_atomically(folder / f"{case}.png", png))
     if options.report is not None:
         from hermes_model.batch.report import images_dir, thumbnail_png

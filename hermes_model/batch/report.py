@@ -48,7 +48,7 @@ def check_report_path(page: Path) -> None:
 
 def thumbnail_png(image: np.ndarray, labels: np.ndarray, result: Any) -> bytes:
     """A small preview (three slices with overlays and the legend) for the report's rows."""
-    from hermes_model.pipeline.postprocess import preview_png
+    from hermes_model.pipeline.preview import preview_png
 
     return preview_png(image, result.meta.affine, labels, result, height=THUMBNAIL_HEIGHT)
 
@@ -143,6 +143,12 @@ def render(report: BatchReport, page: Path) -> str:
         if weights
         else ""
     )
+    runtime = report.runtime
+    if runtime:
+        used += html.escape(
+            f"; {runtime.get('engine', '?')} {runtime.get('precision', '?')} on "
+            f"{runtime.get('device', '?')}"
+        )
     summary = f"{len(report.cases)} cases, {failed} failed, {warned} with warnings. {used}"
     return _PAGE.format(
         title=html.escape(f"Hermes report: {len(report.cases)} cases"),

@@ -131,8 +131,6 @@ def segment_files(
     Raises HermesError for problems that concern the whole run (no inputs, unwritable output
     folder, unknown task, bad weights); per-case problems are in the report.
     """
-    from hermes_model.pipeline.segmenter import Segmenter
-
     observer = observer or NullObserver()
     cases = _plan(inputs, options)
     reports: list[CaseReport] = []
@@ -144,11 +142,7 @@ def segment_files(
         else:
             reports.append(skipped_report(case_name(path), path, legend))
     if segmenter is None:
-        segmenter = Segmenter(
-            options.weights, options.device, options.overlap, options.batch_size, options.tta,
-            options.precision, engine=options.engine, norm_region=options.norm_region,
-            largest_component=options.largest_component,
-        )  # fmt: skip
+        segmenter = _segmenter(options)
     if options.tasks:
         segmenter.select_tasks(options.tasks, None)  # unknown names fail before any case runs
     observer.started(len(todo), len(reports))
@@ -160,7 +154,9 @@ def segment_files(
         ThreadPoolExecutor(1, "hermes-write") as writer,
     ):
         _Pipeline(segmenter, options, observer, reader, writer, stats, reports).run(todo)
-    batch = BatchReport(reports, dict(getattr(segmenter, "weights", {})))
+    batch = BatchReport(
+        reports, dict(getattr(segmenter, "weights", {})), dict(getattr(segmenter, "runtime", {}))
+    )
     if options.report is not None:
         from hermes_model.batch.report import write_report
 
@@ -212,8 +208,11 @@ class _Pipeline:
             failed.set_result(_failure(case, path, error, time.perf_counter() - start))
             return failed
         result.timings["read"] = read_seconds
-        metadata = getattr(getattr(self.segmenter, "model", None), "metadata", None) or {}
-        unlike = check_scan(array, meta, result.modality, metadata, result.task_ids)
+        if hasattr(self.segmenter, "out_of_distribution"):
+            unlike = self.segmenter.out_of_distribution(array, meta, result)
+        else:  # a stand-in segmenter (tests, benchmarks): its model's statistics, if any
+            metadata = getattr(getattr(self.segmenter, "model", None), "metadata", None) or {}
+            unlike = check_scan(array, meta, result.modality, metadata, result.task_ids)
         result.warnings.extend(unlike)
         result = result.to("cpu")  # frees the device for the next case; the writer is CPU-only
         compute = time.perf_counter() - start
@@ -252,3 +251,20 @@ def _guard(
             return on_error(error)
 
     return run
+
+
+def _segmenter(options: BatchOptions) -> Any:
+    """What segments the batch: the weights named by ``--weights`` (default: the registry's
+    default entry), or, for ``--tasks`` without ``--weights``, whichever registered weights have
+    each task (``pipeline.routed``; each weights file loaded once for the whole batch)."""
+    from hermes_model.pipeline.routed import RoutedSegmenter
+    from hermes_model.pipeline.segmenter import Segmenter
+
+    settings: dict[str, Any] = {
+        "device": options.device, "overlap": options.overlap, "batch_size": options.batch_size,
+        "tta": options.tta, "precision": options.precision, "engine": options.engine,
+        "norm_region": options.norm_region, "largest_component": options.largest_component,
+    }  # fmt: skip
+    if options.weights is None and options.tasks:
+        return RoutedSegmenter(options.tasks, **settings)
+    return Segmenter(options.weights, **settings)

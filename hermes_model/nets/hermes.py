@@ -27,8 +27,9 @@ from hermes_model.nets.resunet import ResUNetDecoder, ResUNetEncoder
 
 __all__ = ["SegmentationNet", "HermesR", "ResUNet", "PrototypeHead", "MIN_SIZE"]
 
-#: Smallest input edge in voxels: 16x downsampling must leave 2 voxels for instance norm.
-MIN_SIZE = 32
+#: Smallest input edge in voxels, as the authors' network: after four 2x poolings an axis of 16
+#: is one voxel thick at the bottleneck, and instance norm still has the other axes' voxels.
+MIN_SIZE = 16
 
 
 class SegmentationNet(nn.Module):
@@ -80,7 +81,6 @@ class SegmentationNet(nn.Module):
         if modality_idx.shape != (image.shape[0],):
             raise ValueError(f"modality_idx must be (B,), got {tuple(modality_idx.shape)}")
         if min(image.shape[2:]) < MIN_SIZE:
-            # Four 2x poolings must leave at least 2 voxels per axis for instance norm.
             raise ValueError(
                 f"spatial size {tuple(image.shape[2:])} is too small: each axis needs at least "
                 f"{MIN_SIZE} voxels (pad the input or use a larger patch)"

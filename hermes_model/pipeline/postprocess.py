@@ -1,4 +1,5 @@
-"""From probabilities to what users keep: masks, label map, volumes, legend, preview, stats.
+"""From probabilities to what users keep: masks, label map, volumes, legend, stats (the
+picture is ``preview``).
 
 Label-map precedence (documented in the legend JSON too): each voxel gets the label of the task
 with the highest *score* among the tasks whose mask is on there. A task's score is its
@@ -16,7 +17,6 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from hermes_model import tasks as registry
@@ -32,11 +32,11 @@ __all__ = [
     "label_dtype",
     "precedence_order",
     "finalise",
+    "label_map_from",
     "task_file_stems",
     "legend",
     "stats_rows",
     "stats_csv",
-    "preview_png",
     "write_bytes_atomically",
 ]
 
@@ -128,15 +128,43 @@ def finalise(
             kept[row] = half
         del half
         counts[task_ids[row]] = int(mask.sum())
-        score, take = prob, mask & (prob > best)
-        if row in parents:
-            on_parent = label == parents[row] + 1  # its organ won so far: replace it
-            score = torch.where(on_parent, torch.maximum(prob, best), prob)
-            take |= mask & on_parent
-        label.masked_fill_(take, row + 1)  # no host sync, unlike label[take] = ...
-        best = torch.where(take, score, best)
-        del prob, score, take
+        best = _place(label, best, row, prob, mask, parents.get(row))
+        del prob
     return Outputs(masks, label, kept, {t: counts[t] for t in task_ids})
+
+
+def _place(
+    label: torch.Tensor,
+    best: torch.Tensor,
+    row: int,
+    prob: torch.Tensor,
+    mask: torch.Tensor,
+    parent: int | None,
+) -> torch.Tensor:
+    """Write label ``row + 1`` where task ``row`` wins (module docstring) into ``label``, in
+    place; returns the updated best scores. Rows must come in ``precedence_order``."""
+    score, take = prob, mask & (prob > best)
+    if parent is not None:
+        on_parent = label == parent + 1  # its organ won so far: replace it
+        score = torch.where(on_parent, torch.maximum(prob, best), prob)
+        take |= mask & on_parent
+    label.masked_fill_(take, row + 1)  # no host sync, unlike label[take] = ...
+    return torch.where(take, score, best)
+
+
+def label_map_from(
+    masks: torch.Tensor, probabilities: torch.Tensor, task_ids: Sequence[str]
+) -> torch.Tensor:
+    """The label map of (T, I, J, K) masks and their (float16) probabilities, with the
+    precedence of ``finalise``: for results of several weights files merged into one."""
+    shape = tuple(masks.shape[1:])
+    label_torch = torch.uint8 if len(task_ids) <= 255 else torch.int32
+    label = torch.zeros(shape, dtype=label_torch, device=masks.device)
+    best = torch.zeros(shape, dtype=torch.float32, device=masks.device)
+    parents = _parents(task_ids)
+    for row in precedence_order(task_ids):
+        best = _place(label, best, row, probabilities[row].float(), masks[row], parents.get(row))
+    return label
 
 
 def task_file_stems(task_ids: Sequence[str]) -> dict[str, str]:
@@ -158,6 +186,9 @@ def legend(
 ) -> dict[str, Any]:
     """JSON-ready legend of a label map: value -> task, volumes, modality, weights, versions.
 
+    Each label names the weights (and their sha256) that segmented it; ``engine``,
+    ``precision`` and ``device`` say what computed the masks, ``weights_used`` the same per
+    weights file, so two runs of one command on two machines can be told apart.
     ``files`` maps task id -> the per-task output file names written (``--split``), if any.
     """
     from hermes_model.version import __version__
@@ -175,6 +206,8 @@ def legend(
             entry["file"] = files[task]
         if task in result.largest_component:
             entry["largest_component_only"] = True
+        source = result.source_of(task) or result.weights
+        entry["weights"], entry["weights_sha256"] = source.get("name"), source.get("sha256")
         labels.append(entry)
     meta = result.meta
     return {
@@ -184,6 +217,8 @@ def legend(
         "modality": result.modality,
         "modality_confidence": round(result.modality_confidence, 3),
         "weights": dict(result.weights),
+        **{key: _joined(result, key) for key in ("engine", "precision", "device")},
+        "weights_used": [dict(s) for s in result.sources],
         "hermes_version": __version__,
         "labels": labels,
         "precedence": PRECEDENCE,
@@ -191,6 +226,13 @@ def legend(
         "warnings": list(result.warnings),
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
     }
+
+
+def _joined(result: SegmentationResult, key: str) -> str | None:
+    """``key`` (engine, precision, device) of the weights files that made ``result``: one value,
+    or ``"a + b"`` when they differed; None when unrecorded."""
+    values = list(dict.fromkeys(str(s[key]) for s in result.sources if key in s))
+    return " + ".join(values) if values else None
 
 
 def stats_rows(case: str, result: SegmentationResult, input_file: str) -> list[dict[str, Any]]:
@@ -218,105 +260,3 @@ def stats_csv(rows: Sequence[dict[str, Any]]) -> bytes:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue().encode("utf-8")
-
-
-# -- preview ----------------------------------------------------------------------------------
-
-_PALETTE = np.array(
-    [
-        (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-        (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-        (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-        (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
-    ],
-    dtype=np.float32,
-)  # fmt: skip
-
-
-def _canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The array on RAS axes (flips and a permutation only) and its spacing per RAS axis."""
-    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
-
-    ornt = io_orientation(affine)
-    transform = ornt_transform(ornt, axcodes2ornt(("R", "A", "S")))
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    ras_spacing = np.empty(3)
-    for axis, (target, _) in enumerate(transform):
-        ras_spacing[int(target)] = spacing[axis]
-    return apply_orientation(array, transform), ras_spacing
-
-
-def _window(image: np.ndarray, modality: str) -> np.ndarray:
-    """Grey levels 0-1: CT abdominal window (W 400, L 40), MR 1st-99th percentile."""
-    if modality == "ct":
-        low, high = -160.0, 240.0
-    else:
-        low, high = (
-            float(v) for v in np.percentile(image[:: max(1, image.size // 2**20)], [1, 99])
-        )
-    return np.clip((image.astype(np.float32) - low) / max(high - low, 1e-6), 0.0, 1.0)
-
-
-def _panel(grey: np.ndarray, labels: np.ndarray, spacing: tuple[float, float], height: int) -> Any:
-    """One RGB slice: rows top = superior/anterior, columns = patient's right on the left."""
-    from PIL import Image
-
-    grey, labels = grey[::-1, ::-1].T, labels[::-1, ::-1].T  # (x, y) -> display (row, col)
-    rgb = np.repeat(grey[..., None] * 255.0, 3, axis=2)
-    on = labels > 0
-    colours = _PALETTE[(labels[on].astype(np.int64) - 1) % len(_PALETTE)]
-    rgb[on] = 0.55 * rgb[on] + 0.45 * colours
-    rows, cols = labels.shape
-    width = max(1, round(height * cols * spacing[0] / max(rows * spacing[1], 1e-6)))
-    image = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
-    return image.resize((width, height), Image.Resampling.NEAREST)
-
-
-def preview_png(
-    image: np.ndarray,
-    meta_affine: np.ndarray,
-    label_map: np.ndarray,
-    result: SegmentationResult,
-    height: int = 320,
-) -> bytes:
-    """PNG bytes: axial, coronal and sagittal slices through the centre of the foreground.
-
-    The slices go through the centre of the labelled voxels' bounding box (the volume centre
-    when nothing is labelled), shown with physical aspect ratios, radiological left/right, the
-    label map as coloured overlays and a legend with each task's colour and volume.
-    """
-    from PIL import Image, ImageDraw, ImageFont
-
-    ras_image, spacing = _canonical(image, meta_affine)
-    ras_labels, _ = _canonical(label_map, meta_affine)
-    found = np.argwhere(ras_labels > 0)
-    centre = (found.min(0) + found.max(0)) // 2 if len(found) else np.array(ras_labels.shape) // 2
-    grey = _window(ras_image, result.modality)
-    x, y, z = (int(c) for c in centre)
-    panels = [
-        _panel(grey[:, :, z], ras_labels[:, :, z], (spacing[0], spacing[1]), height),
-        _panel(grey[:, y, :], ras_labels[:, y, :], (spacing[0], spacing[2]), height),
-        _panel(grey[x, :, :], ras_labels[x, :, :], (spacing[1], spacing[2]), height),
-    ]
-    font = ImageFont.load_default()
-    line = 16
-    width = sum(p.width for p in panels) + 10 * (len(panels) + 1)
-    canvas = Image.new("RGB", (width, height + 20 + line * (len(result.task_ids) + 1)), "black")
-    left = 10
-    for panel in panels:
-        canvas.paste(panel, (left, 10))
-        left += panel.width + 10
-    draw = ImageDraw.Draw(canvas)
-    top = height + 16
-    draw.text(
-        (10, top), f"{result.modality.upper()}  axial | coronal | sagittal", fill="white", font=font
-    )
-    for value, task in enumerate(result.task_ids, start=1):
-        top += line
-        colour = tuple(int(c) for c in _PALETTE[(value - 1) % len(_PALETTE)])
-        draw.rectangle((10, top + 2, 22, top + 12), fill=colour)
-        text = f"{value}  {task}  {result.volumes_ml[task]:.1f} mL"
-        draw.text((30, top), text, fill="white", font=font)
-    buffer = stdio.BytesIO()
-    canvas.save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +50,9 @@ class SegmentationResult:
         windows: number of windows (per group and flip), skipped ones included.
         skipped_windows: of those, how many held only background and were not run.
         largest_component: the tasks whose mask kept only its largest connected component.
+        sources: one entry per weights file that produced masks: ``name``, ``sha256``,
+            ``source``, ``engine``, ``precision``, ``device`` and its ``tasks`` (several when a
+            request spanned weights files, ``pipeline.routed``).
     """
 
     task_ids: list[str]
@@ -66,6 +70,11 @@ class SegmentationResult:
     windows: int = 0
     skipped_windows: int = 0
     largest_component: list[str] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+
+    def source_of(self, task: str) -> dict[str, Any]:
+        """The ``sources`` entry whose weights segmented ``task`` (empty when unrecorded)."""
+        return next((s for s in self.sources if task in s.get("tasks", ())), {})
 
     def to(self, device: str | torch.device) -> SegmentationResult:
         """A copy whose tensors are on ``device`` (e.g. ``"cpu"`` before writing in a thread)."""

@@ -31,6 +31,7 @@ from hermes_model.errors import ConfigError, TaskError, WeightsError
 from hermes_model.io import ImageMeta, read_image
 from hermes_model.pipeline import components, postprocess
 from hermes_model.pipeline.checks import check_image, detect_modality
+from hermes_model.pipeline.ood import check_scan
 from hermes_model.pipeline.preprocess import prepare
 from hermes_model.pipeline.result import SegmentationResult
 from hermes_model.pipeline.windows import (
@@ -125,6 +126,22 @@ class Segmenter:
     def task_ids(self) -> list[str]:
         """Every task the weights segment, in output order."""
         return list(self.model.task_ids)
+
+    @property
+    def runtime(self) -> dict[str, str]:
+        """What computes the masks: engine, precision and device (recorded in every legend)."""
+        return {
+            "engine": self.engine.name,
+            "precision": self.engine.precision,
+            "device": str(self.device),
+        }
+
+    def out_of_distribution(
+        self, array: np.ndarray, meta: ImageMeta, result: SegmentationResult
+    ) -> list[str]:
+        """``ood.check_scan`` lines for the groups of ``result``'s tasks that these weights made."""
+        mine = [t for t in result.task_ids if t in self.model.task_ids]
+        return check_scan(array, meta, result.modality, self.model.metadata, mine)
 
     def select_tasks(
         self, names: Sequence[str] | None, modality: str | None
@@ -272,6 +289,7 @@ class Segmenter:
             windows=windows,
             skipped_windows=len(runs) * (2**3 if self.settings.tta else 1) * stats.skipped,
             largest_component=[t for t in task_ids if t in self.keep_largest],
+            sources=[{**self.weights, **self.runtime, "tasks": list(task_ids)}],
         )
 
 

@@ -1,7 +1,7 @@
 """The sliding window: where windows go, how they are weighted, which are skipped, stitching.
 
 Choices, documented once:
-- Windows: the checkpoint's ``patch_size`` (at least ``MIN_SIZE`` per axis); start positions
+- Windows: the checkpoint's ``patch_size`` (at least ``MIN_WINDOW`` per axis); start positions
   evenly spaced so that neighbours overlap by at least ``overlap`` of the window (nnU-Net's rule);
   a scan smaller than the window is padded symmetrically with its minimum (background) value and
   the padding is cropped away after stitching.
@@ -30,7 +30,6 @@ import torch
 from hermes_model import tasks as registry
 from hermes_model.engines import PRECISIONS, Engine, TorchEngine
 from hermes_model.errors import ConfigError
-from hermes_model.nets.hermes import MIN_SIZE
 
 __all__ = [
     "CT_BACKGROUND_HU",
@@ -44,6 +43,11 @@ __all__ = [
     "window_grid",
     "window_starts",
 ]
+
+#: Smallest window edge. The network accepts 16 (``nets.hermes.MIN_SIZE``), but a window of 32
+#: keeps two voxels per axis at the bottleneck, which every shipped model's patches assume; a
+#: scan smaller than the window is padded, so this changes only the padding of tiny scans.
+MIN_WINDOW = 32
 
 Progress = Callable[[int, int], None]
 #: CT air: a clip floor at or below it is air, and windows entirely at that floor are skipped.
@@ -82,8 +86,8 @@ class WindowSettings:
 
     @property
     def window(self) -> tuple[int, int, int]:
-        """The window actually used: ``patch_size`` raised to ``MIN_SIZE`` per axis."""
-        d, h, w = (max(int(p), MIN_SIZE) for p in self.patch_size)
+        """The window actually used: ``patch_size`` raised to ``MIN_WINDOW`` per axis."""
+        d, h, w = (max(int(p), MIN_WINDOW) for p in self.patch_size)
         return d, h, w
 
 

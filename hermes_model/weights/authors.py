@@ -345,6 +345,8 @@ def import_authors_checkpoint(
     from hermes_model.weights.checkpoint import save_checkpoint, sha256_file
 
     source = Path(source)
+    source_sha256 = sha256_file(source)
+    _check_manual_entry(name, source, source_sha256)
     state, taken, extras = read_authors_state_dict(source, use_model_weights=use_model_weights)
     model, dropped = convert_state_dict(state, source)
     parameters = sum(p.numel() for p in model.parameters())
@@ -352,7 +354,7 @@ def import_authors_checkpoint(
     provenance = {
         "converted_by": "hermes weights import",
         "source_file": source.name,
-        "source_sha256": sha256_file(source),
+        "source_sha256": source_sha256,
         "source_weights": taken,
         "source_repo": AUTHORS_REPO,
         "source_commit": AUTHORS_COMMIT,
@@ -384,6 +386,20 @@ def import_authors_checkpoint(
         parameters=parameters,
         dropped=tuple(dropped),
     )
+
+
+def _check_manual_entry(name: str | None, source: Path, actual: str) -> None:
+    """Importing under the name of a ``source = "manual"`` entry that records the download's
+    sha256: refuse another file before converting anything."""
+    from hermes_model.weights.registry import load_registry
+
+    entry = load_registry().get(name) if name else None
+    if entry is not None and entry.manual and entry.sha256 and entry.sha256 != actual:
+        raise WeightsError(
+            f"{source}: not the file that weights '{name}' describe (sha256 {actual}, expected "
+            f"{entry.sha256}); download it again from {entry.page}, or import it under another "
+            "--name"
+        )
 
 
 def register(result: ImportResult, name: str, *, replace: bool = False) -> Path:

@@ -60,6 +60,7 @@ __all__ = [
     "verify",
     "local_copy",
     "weights_path",
+    "how_to_get",
 ]
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,22 @@ def download(name: str, *, force: bool = False) -> ResolvedWeights:
     """
     if name.startswith("hf://"):
         return _resolve_uri(name, offline=False if force else None, force=force)
-    return _resolve_entry(_lookup(name), offline=False if force else None, force=force)
+    entry = _lookup(name)
+    if entry.manual:
+        raise WeightsError(how_to_get(entry))
+    return _resolve_entry(entry, offline=False if force else None, force=force)
+
+
+def how_to_get(entry: WeightsEntry) -> str:
+    """One line: where a ``source = "manual"`` entry's file comes from and the command that
+    imports it under the entry's name (after which ``--weights NAME`` and task routing use it)."""
+    expected = f" ({entry.filename})" if entry.filename else ""
+    check = f"; its sha256 should be {entry.sha256}" if entry.sha256 else ""
+    return (
+        f"weights '{entry.name}' cannot be downloaded automatically; get them from {entry.page}: "
+        f"{entry.instructions}{expected}{check}; then run 'hermes weights import FILE "
+        f"-o {entry.name}.safetensors --name {entry.name}'"
+    )
 
 
 def verify(name_or_path: str) -> tuple[bool, str, str]:
@@ -138,16 +154,19 @@ def verify(name_or_path: str) -> tuple[bool, str, str]:
     entries = load_registry()
     if name_or_path in entries:
         entry = entries[name_or_path]
+        if entry.manual:
+            raise WeightsError(how_to_get(entry))
         actual = sha256_file(weights_path(entry.name))
         return actual == entry.sha256, entry.sha256, actual
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         raise _unknown(name_or_path, entries, what="weights name or file")
     actual = sha256_file(path)
-    same_name = [e for e in entries.values() if Path(e.filename).name == path.name]
+    files = [e for e in entries.values() if not e.manual]
+    same_name = [e for e in files if Path(e.filename).name == path.name]
     if same_name:
         return actual == same_name[0].sha256, same_name[0].sha256, actual
-    if any(e.sha256 == actual for e in entries.values()):
+    if any(e.sha256 == actual for e in files):
         return True, actual, actual
     raise WeightsError(
         f"{path}: no registry entry is named {path.name!r} or has its sha256 {actual}, so there is "
@@ -158,6 +177,8 @@ def verify(name_or_path: str) -> tuple[bool, str, str]:
 def local_copy(entry: WeightsEntry) -> Path | None:
     """The entry's file on this machine (package file, registered file or cached download), or
     None. No network."""
+    if entry.manual:
+        return None  # imported, it becomes a personal entry of the same name
     if entry.source == "package":
         path = ASSETS_DIR / entry.filename
         return path if path.is_file() else None
@@ -176,6 +197,8 @@ def weights_path(name: str) -> Path:
     entry = _lookup(name)
     path = local_copy(entry)
     if path is None:
+        if entry.manual:
+            raise WeightsError(how_to_get(entry))
         if entry.source == "package":
             raise WeightsError(
                 f"weights '{name}': the packaged file {ASSETS_DIR / entry.filename} is missing; "
@@ -233,6 +256,8 @@ def _resolve_local(path: Path) -> ResolvedWeights:
 
 
 def _resolve_entry(entry: WeightsEntry, *, offline: bool | None, force: bool) -> ResolvedWeights:
+    if entry.manual:
+        raise WeightsError(how_to_get(entry))
     if entry.source in ("package", "file"):
         path = weights_path(entry.name)
     else:

@@ -11,6 +11,10 @@ from (:attr:`WeightsEntry.origin`).
 
 Both files have one schema. ``source = "file"`` (personal use) names a checkpoint on this machine
 by its absolute ``path``; its ``sha256`` is checked before loading, like every other source.
+``source = "manual"`` describes weights that cannot be downloaded automatically (the authors'
+Hermes-R sits behind Google Drive and Baidu Pan links): a ``page`` to get them from and
+``instructions``; importing the file with ``--name`` of that entry fills it in (a personal entry
+of the same name shadows it, without ``--replace``).
 
 Writing uses a small TOML serializer for this flat schema (strings, booleans, lists of strings),
 so the registry needs no TOML-writing dependency.
@@ -51,7 +55,7 @@ REGISTRY_ENV = "HERMES_WEIGHTS_TOML"
 #: Environment variable naming the folder of the personal ``weights.toml`` (default: platformdirs).
 CONFIG_ENV = "HERMES_CONFIG_DIR"
 PACKAGED = Path(__file__).resolve().parents[1] / "weights.toml"
-SOURCES = ("package", "huggingface", "file")
+SOURCES = ("package", "huggingface", "file", "manual")
 SUFFIX = ".safetensors"
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -60,7 +64,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _TEXT: tuple[str, ...] = ("description", "source", "repo_id", "revision", "filename", "path")
-_TEXT += ("sha256", "licence", "recipe", "data")
+_TEXT += ("sha256", "licence", "recipe", "data", "page", "instructions")
 _LISTS = ("tasks", "modalities")
 _FIELDS = {*_TEXT, *_LISTS, "default"}
 _PERSONAL_HEADER = """\
@@ -96,6 +100,13 @@ class WeightsEntry:
     default: bool = False
     origin: str = "packaged"
     registry: str = ""
+    page: str = ""
+    instructions: str = ""
+
+    @property
+    def manual(self) -> bool:
+        """Weights the user fetches by hand (``page``, ``instructions``), then imports."""
+        return self.source == "manual"
 
 
 def registry_path() -> Path:
@@ -155,7 +166,7 @@ def add_personal_entry(name: str, table: dict[str, Any], *, replace: bool = Fals
     _entry(path, name, table)
     current = load_registry()
     taken = current.get(name)
-    if taken is not None and not replace:
+    if taken is not None and not replace and not taken.manual:  # importing fills a manual entry
         raise WeightsError(
             f"weights name {name!r} is already taken in the {taken.origin} registry "
             f"{taken.registry}; choose another name, or pass --replace to "
@@ -180,7 +191,7 @@ def entry_table(entry: WeightsEntry) -> dict[str, Any]:
     """The registry table of ``entry`` (what :func:`add_personal_entry` takes), empty fields left
     out, in schema order."""
     table: dict[str, Any] = {"description": entry.description, "source": entry.source}
-    for key in ("repo_id", "revision", "filename", "path", "sha256"):
+    for key in ("repo_id", "revision", "filename", "path", "sha256", "page", "instructions"):
         value = getattr(entry, key)
         if value and not (key == "filename" and entry.source == "file"):
             table[key] = value
@@ -284,8 +295,10 @@ def _entry(source: Path, name: str, table: Any, origin: str = "personal") -> Wei
     unknown = sorted(set(table) - _FIELDS)
     if unknown:
         raise bad(f"has unknown fields {unknown}; the schema is in the header of weights.toml")
-    needed = ["description", "source", "sha256", "tasks"]
-    needed.append("path" if table.get("source") == "file" else "filename")
+    manual = table.get("source") == "manual"
+    needed = ["description", "source", "tasks"]
+    needed += ["page", "instructions"] if manual else ["sha256"]
+    needed += [] if manual else ["path" if table.get("source") == "file" else "filename"]
     missing = [f for f in needed if f not in table]
     if missing:
         raise bad(f"misses required fields {missing}")
@@ -299,16 +312,25 @@ def _entry(source: Path, name: str, table: Any, origin: str = "personal") -> Wei
         raise bad("lists no tasks")
     if text["source"] not in SOURCES:
         raise bad(f"source {text['source']!r} is not one of {list(SOURCES)}")
-    if not _SHA256.fullmatch(text["sha256"]):
+    if not _SHA256.fullmatch(text["sha256"]) and not (manual and not text["sha256"]):
         raise bad(f"sha256 {text['sha256']!r} is not 64 lowercase hex digits")
+    if (text["page"] or text["instructions"]) and not manual:
+        raise bad('page and instructions are for source = "manual" only')
     filename = text["filename"]
-    if text["source"] == "file":
+    if manual:
+        if not text["page"].startswith(("https://", "http://")):
+            raise bad(f"page {text['page']!r} must be a web address (https://...)")
+        if text["path"] or text["repo_id"] or text["revision"]:
+            raise bad('a source = "manual" entry has no path, repo_id or revision')
+    elif text["source"] == "file":
         if not Path(text["path"]).is_absolute() or not text["path"].endswith(SUFFIX):
             raise bad(f"path {text['path']!r} must be an absolute path to a {SUFFIX} file")
         filename = filename or Path(text["path"]).name
     elif text["path"]:
         raise bad('path is for source = "file" only; use filename')
-    if not filename.endswith(SUFFIX) or filename.startswith("/") or ".." in filename.split("/"):
+    if manual:
+        pass  # filename, when given, is the name of the file the user downloads (e.g. a .pth)
+    elif not filename.endswith(SUFFIX) or filename.startswith("/") or ".." in filename.split("/"):
         raise bad(f"filename {filename!r} must be a relative path to a {SUFFIX} file")
     if text["source"] == "huggingface":
         if not _REPO_ID.fullmatch(text["repo_id"]):
@@ -317,6 +339,8 @@ def _entry(source: Path, name: str, table: Any, origin: str = "personal") -> Wei
             raise bad(f"revision {table.get('revision')!r} is not a pinned 40-hex commit")
     if not isinstance(table.get("default", False), bool):
         raise bad("default must be true or false")
+    if manual and table.get("default"):
+        raise bad('a source = "manual" entry cannot be the default (nothing to load yet)')
     return WeightsEntry(
         name=name,
         description=text["description"],
@@ -334,6 +358,8 @@ def _entry(source: Path, name: str, table: Any, origin: str = "personal") -> Wei
         default=table.get("default", False),
         origin=origin,
         registry=str(source),
+        page=text["page"],
+        instructions=text["instructions"],
     )
 
 

@@ -146,8 +146,15 @@ def test_bad_configs_are_config_errors() -> None:
 
 
 def test_too_small_input_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="at least 32"):
-        tiny()(torch.zeros(1, 1, 16, 32, 32), torch.tensor([[0]]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="at least 16"):
+        tiny()(torch.zeros(1, 1, 15, 32, 32), torch.tensor([[0]]), torch.tensor([0]))
+
+
+def test_a_16_voxel_axis_runs_as_in_the_authors_network() -> None:
+    model = tiny().eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 1, 16, 32, 48), torch.tensor([[0]]), torch.tensor([0]))
+    assert out.shape == (1, 1, 16, 32, 48) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("preset", ["tiny", "resunet-tiny"])

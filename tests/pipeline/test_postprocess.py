@@ -18,6 +18,7 @@ from hermes_model.errors import OutputError
 from hermes_model.io import ImageMeta
 from hermes_model.pipeline import postprocess
 from hermes_model.pipeline.preprocess import prepare
+from hermes_model.pipeline.preview import preview_png
 from hermes_model.pipeline.result import SegmentationResult
 
 SHAPE = (6, 5, 4)
@@ -149,7 +150,7 @@ def test_legend_and_stats_describe_every_label() -> None:
 def test_preview_shows_the_patients_right_on_the_left_of_the_axial_slice() -> None:
     image, meta, labels = _ct_with_blob()
     result = _result(labels, meta, ["amos/liver", "amos/spleen"])
-    png = postprocess.preview_png(image, meta.affine, labels, result, height=200)
+    png = preview_png(image, meta.affine, labels, result, height=200)
     picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     assert picture.shape[0] == 200 + 20 + 16 * 3
     # Axial panel: 40 x 0.8 mm wide, 30 x 0.8 mm high -> 267 x 200 pixels, starting at x = 10.

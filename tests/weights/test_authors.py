@@ -73,6 +73,15 @@ def test_imported_weights_compute_the_authors_logits(reference: Path, imported: 
     assert max(float32.values()) <= 1e-3, float32
 
 
+def test_imported_weights_run_on_a_16_voxel_axis(imported: Path) -> None:
+    """Their network accepts any axis of at least 16 (the bottleneck is then one voxel thick
+    along it); the imported weights run wherever theirs do."""
+    model = load_checkpoint(imported)
+    with torch.no_grad():
+        out = model(torch.randn(1, 1, 16, 32, 48), torch.tensor([[0, 1]]), torch.tensor([0]))
+    assert out.shape == (1, 2, 16, 32, 48) and torch.isfinite(out).all()
+
+
 def test_model_weights_instead_of_ema_do_not_match(reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "model-weights.safetensors"
     checkpoint = str(reference / "tiny" / "checkpoint.pth")

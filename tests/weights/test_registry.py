@@ -178,3 +178,51 @@ def test_env_registry_with_personal_entries(
     rows = [line.split() for line in result.stdout.splitlines()]
     assert ["team", "file", "2", "-", "yes", "env"] in rows
     assert ["mine", "file", "2", "-", "yes", "personal"] in rows
+
+
+MANUAL = {
+    "description": "weights behind a download page",
+    "source": "manual",
+    "page": "https://example.org/weights",
+    "instructions": "download model.pth",
+    "tasks": ["amos/liver"],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"page": None}, "misses required fields \\['page'\\]"),
+        ({"instructions": None}, "misses required fields \\['instructions'\\]"),
+        ({"page": "example.org"}, "must be a web address"),
+        ({"default": True}, "cannot be the default"),
+        ({"path": "/abs/x.safetensors"}, "no path, repo_id or revision"),
+        ({"sha256": "abc"}, "not 64 lowercase hex"),
+    ],
+)
+def test_manual_entries_are_validated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: dict[str, object], problem: str
+) -> None:
+    table = {k: v for k, v in {**MANUAL, **change}.items() if v is not None}
+    base = tmp_path / "team.toml"
+    base.write_text(registry.dumps_registry({"by-hand": table}))
+    monkeypatch.setenv(hub.REGISTRY_ENV, str(base))
+    with pytest.raises(WeightsError, match=problem):
+        hub.load_registry()
+
+
+def test_a_manual_entry_says_how_to_get_it_and_importing_fills_it_in(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = tmp_path / "team.toml"
+    base.write_text(registry.dumps_registry({"by-hand": MANUAL}))
+    monkeypatch.setenv(hub.REGISTRY_ENV, str(base))
+    entry = hub.load_registry()["by-hand"]
+    assert entry.manual and hub.local_copy(entry) is None
+    for attempt in (hub.download, hub.weights_path, hub.resolve_weights, hub.verify):
+        with pytest.raises(WeightsError, match="https://example.org/weights: download model.pth"):
+            attempt("by-hand")
+    hub.add_personal_entry("by-hand", file_table(tiny))  # no replace needed over a manual entry
+    filled = hub.load_registry()["by-hand"]
+    assert (filled.source, filled.origin) == ("file", "personal")
+    assert hub.resolve_weights("by-hand").path == tiny
