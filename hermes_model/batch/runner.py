@@ -137,10 +137,15 @@ def segment_files(
     cases = _plan(inputs, options)
     reports: list[CaseReport] = []
     todo: list[Path] = []
+    redo: dict[str, str] = {}  # case -> why its earlier outputs are not kept (--skip-existing)
     for path in cases:
-        legend = finished_legend(options, case_name(path)) if options.skip_existing else None
+        legend, why = (
+            finished_legend(options, case_name(path)) if options.skip_existing else (None, "")
+        )
         if legend is None:
             todo.append(path)
+            if why:
+                redo[case_name(path)] = f"{case_name(path)}: redone, because {why}"
         else:
             reports.append(skipped_report(case_name(path), path, legend))
     if segmenter is None:
@@ -155,11 +160,14 @@ def segment_files(
     for report in reports:
         observer.case_finished(report)
     stats = StatsWriter(options.stats, [row for r in reports for row in r.rows])
-    with (
-        ThreadPoolExecutor(1, "hermes-read") as reader,
-        ThreadPoolExecutor(1, "hermes-write") as writer,
-    ):
-        _Pipeline(segmenter, options, observer, reader, writer, stats, reports).run(todo)
+    try:
+        with (
+            ThreadPoolExecutor(1, "hermes-read") as reader,
+            ThreadPoolExecutor(1, "hermes-write") as writer,
+        ):
+            _Pipeline(segmenter, options, observer, reader, writer, stats, reports, redo).run(todo)
+    finally:
+        stats.close()
     batch = BatchReport(reports, dict(getattr(segmenter, "weights", {})))
     if options.report is not None:
         from hermes_model.batch.report import write_report
@@ -179,6 +187,7 @@ class _Pipeline:
     writer: ThreadPoolExecutor
     stats: StatsWriter
     reports: list[CaseReport]
+    redo: dict[str, str]
 
     def run(self, todo: list[Path]) -> None:
         reads = [self.reader.submit(_timed_read, todo[0])] if todo else []
@@ -234,7 +243,10 @@ class _Pipeline:
         return self.writer.submit(_guard(write, lambda e: _failure(case, path, e, compute)))
 
     def _collect(self, future: Future[CaseReport]) -> None:
+        """The case's files are in place (or it failed): now its stats rows, then the report."""
         report = future.result()
+        if report.case in self.redo:
+            report.warnings.insert(0, self.redo[report.case])
         self.reports.append(report)
         self.stats.add(report.rows)
         self.observer.case_finished(report)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from hermes_model.errors import InputError
-from hermes_model.io.itk import itk_array, itk_meta
+from hermes_model.io.itk import itk_array, itk_meta, simpleitk
 from hermes_model.io.meta import LPS_TO_RAS, ImageMeta, check_claimed_size, one_line
 
 _ITK_ERRORS = (RuntimeError, OSError)
@@ -31,7 +31,7 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def series_uid_of(path: Path) -> str:
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -45,7 +45,7 @@ def series_uid_of(path: Path) -> str:
 
 
 def read_dicom(folder: Path, series_uid: str | None) -> tuple[np.ndarray, ImageMeta]:
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     source = str(folder)
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
@@ -90,7 +90,7 @@ def read_dicom(folder: Path, series_uid: str | None) -> tuple[np.ndarray, ImageM
 
 def _check_series_size(files: tuple[str, ...], source: str) -> None:
     """The size guard for a series: the first slice's claimed size times the number of files."""
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     first = sitk.ImageFileReader()
     first.SetFileName(files[0])
@@ -142,7 +142,7 @@ def _check_slice_positions(reader: Any, meta: ImageMeta, source: str) -> None:
 
 def dicom_info(path: Path) -> dict[str, str]:
     """A DICOM file's series tags (UID, description, number); empty values when absent."""
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))

@@ -31,6 +31,7 @@ import numpy as np
 
 from hermes_model.errors import ConfigError, InputError
 from hermes_model.io import ImageMeta
+from hermes_model.io.itk import simpleitk
 
 __all__ = [
     "FORMATS",
@@ -130,7 +131,7 @@ def load_source_series(meta: ImageMeta) -> list[Any]:
     Raises InputError for a series without a frame of reference or SOP instance UIDs, or whose
     files do not lie on the grid that was segmented.
     """
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     if meta.format != "dicom":
         raise InputError(f"{meta.source}: not a DICOM series; DICOM outputs need DICOM input")
