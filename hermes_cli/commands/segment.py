@@ -257,7 +257,7 @@ def segment_command(
         from hermes_model.io.dicom_out import parse_formats
 
         options = BatchOptions(
-            output_dir=output, tasks=[tasks] if tasks else None,
+            output_dir=output, tasks=None if tasks is None else [tasks],
             modality=modality.value if modality else None,
             weights=weights, device=device, overlap=overlap, tta=tta, precision=precision,
             batch_size=batch_size, split=split, probabilities=probabilities, preview=preview,

@@ -35,11 +35,11 @@ from hermes_model.batch.outputs import (
     skipped_report,
     write_case,
 )
-from hermes_model.errors import ConfigError, HermesError
+from hermes_model.errors import ConfigError, HermesError, OptionError
 from hermes_model.io import ImageMeta, case_name, find_images, is_dicom_case, read_image
 from hermes_model.pipeline.ood import check_scan
 
-__all__ = ["parse_shard", "shard_cases", "segment_files"]
+__all__ = ["check_values", "parse_shard", "shard_cases", "segment_files"]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -50,7 +50,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         i, n = -1, 0
     if n < 1 or not 0 <= i < n:
-        raise ConfigError(
+        raise OptionError(
             f"bad shard {text!r}: use i/n with 0 <= i < n, 0-based (e.g. 0/4 ... 3/4, or "
             "$RANK/$WORLD_SIZE)"
         )
@@ -89,8 +89,34 @@ def _timed_read(path: Path) -> tuple[np.ndarray, ImageMeta, float]:
     return array, meta, time.perf_counter() - start
 
 
+def check_values(options: BatchOptions) -> None:
+    """OptionError for option values that are wrong whatever the input (cheap; before any work).
+
+    ``tasks`` that name no task (``""``, ``",,"``) are refused: leave them out (None) for every
+    task of the weights.
+    """
+    if options.tasks is not None and not any(
+        name.strip() for item in options.tasks for name in item.split(",")
+    ):
+        raise OptionError(
+            f"--tasks {', '.join(map(repr, options.tasks)) or '[]'} names no task; give task ids "
+            "or aliases, comma-separated (hermes tasks lists them), or leave --tasks out for "
+            "every task of the weights"
+        )
+    if options.batch_size is not None and options.batch_size < 1:
+        raise OptionError(
+            f"--batch-size must be at least 1 (windows per forward pass), got "
+            f"{options.batch_size}; leave it out for the device's default"
+        )
+    if not 0.0 <= options.overlap < 1.0:
+        raise OptionError(
+            f"--overlap must be in [0, 1), got {options.overlap:g}; 0.5 is the default"
+        )
+
+
 def _plan(inputs: Sequence[str | Path], options: BatchOptions) -> list[Path]:
     """The cases of this shard; InputError/ConfigError/OutputError before any work."""
+    check_values(options)
     if options.modality is not None:
         registry.normalize_modality(options.modality)
     cases = find_images(inputs)
@@ -154,7 +180,7 @@ def segment_files(
             options.precision, engine=options.engine, norm_region=options.norm_region,
             largest_component=options.largest_component,
         )  # fmt: skip
-    if options.tasks:
+    if options.tasks is not None:
         segmenter.select_tasks(options.tasks, None)  # unknown names fail before any case runs
     observer.started(len(todo), len(reports))
     for report in reports:
