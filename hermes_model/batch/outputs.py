@@ -195,9 +195,12 @@ class StatsWriter:
 
     def close(self) -> None:
         """Close a stream target (a file needs nothing)."""
-        if self.stream is not None:
-            self.stream.close()
-            self.stream = None
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError as error:
+                raise self._error(error) from error
 
     def _send(self, rows: list[dict[str, Any]], header: bool) -> None:
         from hermes_model.pipeline.postprocess import stats_csv
@@ -209,8 +212,12 @@ class StatsWriter:
             text = text.split(b"\n", 1)[1]
         try:
             self.stream.write(text)
+            self.stream.flush()  # each case's rows as it finishes
         except OSError as error:
-            raise OutputError(
-                f"{self.path}: cannot write the stats ({error.strerror or error}); give a "
-                "writable file, or - for standard output"
-            ) from error
+            raise self._error(error) from error
+
+    def _error(self, error: OSError) -> OutputError:
+        return OutputError(
+            f"{self.path}: cannot write the output ({error.strerror or error}); give a writable "
+            "file, or - for standard output"
+        )

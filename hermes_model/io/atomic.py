@@ -119,6 +119,8 @@ class _Stdout:
 
     def write(self, payload: bytes) -> None:
         self.stream.write(payload)
+
+    def flush(self) -> None:
         self.stream.flush()
 
     def close(self) -> None:
@@ -126,9 +128,9 @@ class _Stdout:
 
 
 def open_output_stream(path: str | os.PathLike[str]) -> Any | None:
-    """An open binary handle (``write``, ``close``) when ``path`` is written into rather than
-    replaced (standard output, a character device, a FIFO); None for a file. OutputError when
-    the target is refused or cannot be opened."""
+    """An open binary handle (``write``, ``flush``, ``close``) when ``path`` is written into
+    rather than replaced (standard output, a character device, a FIFO); None for a file.
+    OutputError when the target is refused or cannot be opened."""
     path = Path(path)
     kind = _kind(path)
     if kind == "stdout":
@@ -141,6 +143,7 @@ def _write_stream(path: Path, payload: bytes) -> None:
     handle = _Stdout() if is_standard_output(path) else _open_stream(path)
     try:
         handle.write(payload)
+        handle.flush()
         handle.close()
     except OSError as error:
         raise OutputError(f"{path}: cannot write the output ({one_line(error)}); {_FIX}") from error
