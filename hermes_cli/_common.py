@@ -88,6 +88,26 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
         logging.getLogger("py.warnings").debug("%s", text)
 
 
+def _own_stream_handlers() -> list[tuple[logging.Logger, logging.Handler]]:
+    """Other libraries' loggers with a stderr/stdout handler of their own (nibabel's
+    ``nibabel.global`` has one), so that their records reach only our filtered handler."""
+    import nibabel.imageglobals  # noqa: F401  (adds its handler on import: import it first)
+
+    found: list[tuple[logging.Logger, logging.Handler]] = []
+    for logger in list(logging.root.manager.loggerDict.values()):
+        if not isinstance(logger, logging.Logger) or logger.name.split(".")[0] in _OURS:
+            continue
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler and handler.stream in (
+                sys.stderr,
+                sys.stdout,
+                sys.__stderr__,
+                sys.__stdout__,
+            ):
+                found.append((logger, handler))
+    return found
+
+
 @contextlib.contextmanager
 def handle_errors(debug: bool = False) -> Iterator[None]:
     """Turn Hermes errors into one line and a documented exit code; tracebacks only with --debug.
@@ -103,6 +123,9 @@ def handle_errors(debug: bool = False) -> Iterator[None]:
         handlers=[handler],
         force=True,  # a fresh handler per command: CliRunner swaps sys.stderr between calls
     )
+    detached = _own_stream_handlers()
+    for logger, own in detached:
+        logger.removeHandler(own)
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main else None
     shown, warnings.showwarning = warnings.showwarning, _show_warning
@@ -118,5 +141,7 @@ def handle_errors(debug: bool = False) -> Iterator[None]:
         fail("terminated", 143)
     finally:
         warnings.showwarning = shown
+        for logger, own in detached:
+            logger.addHandler(own)
         if main:  # None: a handler that was not installed from Python; back to the default
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

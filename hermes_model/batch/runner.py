@@ -218,14 +218,20 @@ class _Pipeline:
     def run(self, todo: list[Path]) -> None:
         reads = [self.reader.submit(_timed_read, todo[0])] if todo else []
         pending: Future[CaseReport] | None = None
-        for i, path in enumerate(todo):
-            if i + 1 < len(todo):
-                reads.append(self.reader.submit(_timed_read, todo[i + 1]))
-            job = self._compute(path, reads[i])
-            reads[i] = Future()  # drop this case's array from the list once it is used
+        try:
+            for i, path in enumerate(todo):
+                if i + 1 < len(todo):
+                    reads.append(self.reader.submit(_timed_read, todo[i + 1]))
+                job = self._compute(path, reads[i])
+                reads[i] = Future()  # drop this case's array from the list once it is used
+                if pending is not None:
+                    done, pending = pending, None
+                    self._collect(done)
+                pending = job
+        except BaseException:  # Ctrl-C, SIGTERM: the case being written is finished and counted
             if pending is not None:
                 self._collect(pending)
-            pending = job
+            raise
         if pending is not None:
             self._collect(pending)
 
