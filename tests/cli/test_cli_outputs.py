@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import copy_ct_series_with_uids, write_ct
+from conftest import DATA_DIR, copy_ct_series_with_uids, write_ct
 from typer.testing import CliRunner
 
 from hermes_cli.main import app
@@ -66,6 +66,26 @@ def test_stats_and_report_write_into_device_nodes_and_never_replace_them(tiny_we
     for path, old in before.items():
         now = os.lstat(path)
         assert stat.S_ISCHR(now.st_mode) and (now.st_ino, now.st_rdev) == (old.st_ino, old.st_rdev)
+
+
+def test_card_and_training_outputs_never_replace_a_device_node(tiny_weights, tmp_path):
+    node = mknod(tmp_path / "node", 1, 3)
+    before = os.lstat(node)
+    result = runner.invoke(app, ["weights", "card", str(tiny_weights), "-o", str(node)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["weights", "card", str(tiny_weights), "-o", "-"])
+    assert result.exit_code == 0 and result.stdout.startswith("---\nlicense:"), result.output
+    recipe = Path(__file__).resolve().parents[2] / "train" / "recipes" / "hippocampus_smoke.toml"
+    result = runner.invoke(app, ["train", "--config", str(recipe), "--output", str(node)])
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"the smoke recipe's data {DATA_DIR} is absent")
+    assert result.exit_code == 6, result.output
+    assert f"{node}: cannot create the run folder" in error_lines(result)[0]
+    now = os.lstat(node)
+    assert stat.S_ISCHR(now.st_mode) and (now.st_ino, now.st_rdev) == (
+        before.st_ino,
+        before.st_rdev,
+    )
 
 
 def test_stats_into_a_fifo_reach_its_reader_or_are_refused_in_one_line(tiny_weights, tmp_path):
