@@ -217,23 +217,21 @@ class _Pipeline:
 
     def run(self, todo: list[Path]) -> None:
         reads = [self.reader.submit(_timed_read, todo[0])] if todo else []
-        pending: Future[CaseReport] | None = None
+        waiting: list[Future[CaseReport]] = []  # write jobs not yet counted, oldest first
         try:
             for i, path in enumerate(todo):
                 if i + 1 < len(todo):
                     reads.append(self.reader.submit(_timed_read, todo[i + 1]))
-                job = self._compute(path, reads[i])
+                waiting.append(self._compute(path, reads[i]))
                 reads[i] = Future()  # drop this case's array from the list once it is used
-                if pending is not None:
-                    done, pending = pending, None
-                    self._collect(done)
-                pending = job
-        except BaseException:  # Ctrl-C, SIGTERM: the case being written is finished and counted
-            if pending is not None:
-                self._collect(pending)
+                while len(waiting) > 1:
+                    self._collect_oldest(waiting)
+        except BaseException:  # Ctrl-C, SIGTERM: the cases being written are finished, counted
+            while waiting:
+                self._collect_oldest(waiting)
             raise
-        if pending is not None:
-            self._collect(pending)
+        while waiting:
+            self._collect_oldest(waiting)
 
     def _compute(
         self, path: Path, read: Future[tuple[np.ndarray, ImageMeta, float]]
@@ -274,9 +272,11 @@ class _Pipeline:
 
         return self.writer.submit(_guard(write, lambda e: _failure(case, path, e, compute)))
 
-    def _collect(self, future: Future[CaseReport]) -> None:
-        """The case's files are in place (or it failed): now its stats rows, then the report."""
-        report = future.result()
+    def _collect_oldest(self, waiting: list[Future[CaseReport]]) -> None:
+        """Once the oldest job's files are in place (or it failed): its stats rows, its report.
+        The job leaves ``waiting`` only when done, so an interrupted wait can be resumed."""
+        report = waiting[0].result()
+        del waiting[0]
         if report.case in self.redo:
             report.warnings.insert(0, self.redo[report.case])
         self.reports.append(report)

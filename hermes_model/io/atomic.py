@@ -16,6 +16,7 @@ What a target path gets:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -143,10 +144,12 @@ def _write_stream(path: Path, payload: bytes) -> None:
     handle = _Stdout() if is_standard_output(path) else _open_stream(path)
     try:
         handle.write(payload)
-        handle.flush()
-        handle.close()
+        handle.flush()  # /dev/full and a closed pipe fail here, not at write
     except OSError as error:
         raise OutputError(f"{path}: cannot write the output ({one_line(error)}); {_FIX}") from error
+    finally:
+        with contextlib.suppress(OSError):  # what could fail was flushed above
+            handle.close()
 
 
 def _make_parent(path: Path) -> None:
