@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hermes_model.errors import ConfigError
+from hermes_model.errors import ConfigError, OptionError
 
 __all__ = ["MemoryPlan", "StageClock", "plan_memory", "resolve_device", "synchronize"]
 
@@ -29,7 +29,7 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     try:
         device = torch.device(text)
     except RuntimeError as error:
-        raise ConfigError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from error
+        raise OptionError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from error
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -41,7 +41,7 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     elif device.type == "mps" and not mps_ok:
         raise ConfigError(f"device {spec!r}: MPS (Apple GPU) is not available; use --device cpu")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unsupported device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
+        raise OptionError(f"unsupported device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
     return device
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "WeightsError",
     "OutputError",
     "ConfigError",
+    "OptionError",
     "TrainingError",
     "EXIT_CODES",
 ]
@@ -49,9 +50,17 @@ class OutputError(HermesError):
 
 
 class ConfigError(HermesError):
-    """A bad recipe, dataset card or option value."""
+    """A bad recipe or dataset card, or options that do not fit the input or this machine."""
 
     exit_code = 7
+
+
+class OptionError(ConfigError):
+    """An option value that is wrong whatever the input: out of its range, empty, malformed or
+    not one of its choices (a command-line option, or the same argument of the Python API).
+    Exit 2, bad usage, as for an unknown option; still a ConfigError to ``except`` clauses."""
+
+    exit_code = 2
 
 
 class TrainingError(HermesError):
@@ -61,16 +70,20 @@ class TrainingError(HermesError):
     exit_code = 8
 
 
-#: Documented exit codes of the ``hermes`` command (README, "Exit codes").
+#: Documented exit codes of the ``hermes`` command: README's "Exit codes" table, word for word
+#: (tests/test_errors.py compares them).
 EXIT_CODES: dict[int, str] = {
     0: "success",
-    1: "some cases of a batch failed (the others were written); see the summary table",
-    2: "bad command-line usage (unknown option, missing argument)",
+    1: "some cases of a batch failed (the others were written; see the summary table)",
+    2: "bad command-line usage: unknown option, missing argument, or an option value out of its "
+    'range, empty or not one of its choices (e.g. --batch-size 0, --tasks "")',
     3: "input error: missing, unreadable, corrupt or unusable image",
     4: "task error: unknown task, dataset or modality",
     5: "weights error: not found, checksum mismatch, offline and not cached, incompatible",
-    6: "output error: output folder or file cannot be written",
-    7: "configuration error: bad recipe, dataset card or option value",
-    8: "training check failed: the loss diverged, or incremental learning changed an old task",
-    130: "interrupted (Ctrl-C)",
+    6: "output error: the output folder or file cannot be written",
+    7: "configuration error: bad recipe or dataset card, or options that do not fit the input "
+    "or this machine (e.g. --format dicom-seg for a NIfTI scan, --device cuda without a GPU)",
+    8: "training check failed: diverging loss, or incremental learning changed an old task",
+    130: "interrupted (Ctrl-C, SIGINT)",
+    143: "terminated (SIGTERM); a batch first finishes writing the case in hand",
 }

@@ -220,6 +220,39 @@ def copy_ct_series_with_uids(target: Path) -> Path:
     return target
 
 
+#: Tasks of the ``tiny_weights`` checkpoint.
+TINY_TASKS = ["amos/liver", "amos/spleen", "lits/liver", "lits/liver_tumor"]
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weights checkpoint at 16 mm (one 32-voxel window for a small scan): a whole
+    ``hermes segment`` run of a ``write_ct`` scan takes a fraction of a second."""
+    import torch
+
+    from hermes_model import create_model, save_checkpoint
+    from hermes_model.config import PreprocessConfig
+
+    torch.manual_seed(0)
+    model = create_model("tiny", tasks=TINY_TASKS)
+    return save_checkpoint(
+        model,
+        tmp_path_factory.mktemp("tiny-weights") / "tiny.safetensors",
+        preprocess=PreprocessConfig(spacing=(16.0, 16.0, 16.0), patch_size=(32, 32, 32)),
+    )
+
+
+def write_ct(path: Path, seed: int = 0, shape: tuple[int, int, int] = (24, 28, 20)) -> Path:
+    """A small CT in HU: air (-1000) around a soft-tissue ellipsoid (about 40 HU), with noise,
+    on the anisotropic test affine (0.7 x 0.9 x 2.5 mm). Creates the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    grid = np.meshgrid(*(np.linspace(-1, 1, n) for n in shape), indexing="ij")
+    body = sum(g**2 for g in grid) < 0.8
+    image = np.where(body, 40.0, -1000.0) + rng.normal(0, 20, shape)
+    return write_nifti(path, image.astype(np.int16), AFFINES["anisotropic"])
+
+
 #: Set in the child pytest that runs the ``workers`` tests
 #: (tests/training/test_worker_processes.py).
 WORKER_TESTS_ENV = "HERMES_WORKER_TESTS"

@@ -124,7 +124,11 @@ Probabilities = Annotated[
 ]
 Stats = Annotated[
     Path | None,
-    typer.Option(help="Write volumes (mL) per task per case to this CSV (default: none; cheap)."),
+    typer.Option(
+        help="Write volumes (mL) per task per case to this CSV (default: none; cheap). - or "
+        "/dev/stdout: the CSV on stdout (the summary table then goes to stderr); a device or "
+        "FIFO is written into, never replaced."
+    ),
 ]
 Preview = Annotated[
     bool,
@@ -137,7 +141,9 @@ SkipExisting = Annotated[
     bool,
     typer.Option(
         "--skip-existing",
-        help="Skip cases whose DIR/<case>.json exists (default off: recompute and overwrite).",
+        help="Skip cases finished earlier: DIR/<case>.json exists and every file it records "
+        "has the recorded size and sha256 (a case that fails the check is redone, with a "
+        "warning). Default off: recompute and overwrite.",
     ),
 ]
 Shard = Annotated[
@@ -258,10 +264,11 @@ def segment_command(
     with handle_errors(debug):
         from hermes_model.batch.outcome import BatchOptions
         from hermes_model.batch.runner import parse_shard, segment_files
+        from hermes_model.io.atomic import is_standard_output
         from hermes_model.io.dicom_out import parse_formats
 
         options = BatchOptions(
-            output_dir=output, tasks=[tasks] if tasks else None,
+            output_dir=output, tasks=None if tasks is None else [tasks],
             modality=modality.value if modality else None,
             weights=weights, device=device, overlap=overlap, tta=tta, precision=precision,
             batch_size=batch_size, split=split, probabilities=probabilities, preview=preview,
@@ -275,6 +282,6 @@ def segment_command(
             report = segment_files(inputs, options, bars)
         if len(report.cases) == 1 and report.failed:
             fail(report.failed[0].message, report.exit_code)
-        out.print(_summary(report))
+        (err if stats is not None and is_standard_output(stats) else out).print(_summary(report))
         if report.failed:
             fail(f"{len(report.failed)} of {len(report.cases)} cases failed", report.exit_code)

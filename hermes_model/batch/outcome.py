@@ -27,7 +27,9 @@ class BatchOptions:
         probabilities: one probability file per task.
         preview: a PNG per case.
         stats: CSV file of volumes per task per case.
-        skip_existing: skip cases whose JSON legend exists (finished earlier).
+        skip_existing: skip cases finished earlier: their JSON legend exists and every file it
+            records has the recorded size and sha256 (otherwise the case is redone, with a
+            warning that says why).
         shard: ``(index, count)``, 0-based index: process every count-th case from index.
         engine: what runs the network (``hermes_model.engines``): auto, torch, openvino, compile.
         norm_region: z-score region override (``volume``/``body``); None: the weights' own.

@@ -1,7 +1,9 @@
 """The files of one case, and the run-wide files (output folder, stats table).
 
-Outputs per case (every file written atomically; the JSON legend last, so that its presence
-means the case is complete):
+Outputs per case, one unit (``io.atomic.OutputUnit``): every file is written under a temporary
+name first and all are renamed together at the end, the JSON legend last, so that its presence
+means the case is complete; a failure leaves none of them. The legend records the size and
+sha256 of each file (``"written"``): ``--skip-existing`` skips a case only when they all match.
 
     DIR/<case>.nii.gz                       label map on the input's exact grid   (format nifti)
     DIR/<case>_seg.dcm                      DICOM SEG, one segment per task   (format dicom-seg)
@@ -18,6 +20,7 @@ type; the dropped mantissa bits compress away.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +30,9 @@ import numpy as np
 
 from hermes_model.batch.outcome import BatchOptions, CaseReport
 from hermes_model.errors import OutputError
-from hermes_model.io import ImageMeta, write_bytes_atomically, write_image
+from hermes_model.io import ImageMeta, write_bytes_atomically
+from hermes_model.io.atomic import OutputUnit, open_output_stream
+from hermes_model.io.nifti import nifti_bytes
 
 __all__ = ["check_output_dir", "finished_legend", "skipped_report", "write_case", "StatsWriter"]
 
@@ -46,14 +51,41 @@ def check_output_dir(folder: Path) -> None:
     probe.unlink()
 
 
-def finished_legend(options: BatchOptions, case: str) -> dict[str, Any] | None:
-    """The case's legend when it was finished earlier (readable JSON), else None."""
+def finished_legend(options: BatchOptions, case: str) -> tuple[dict[str, Any] | None, str]:
+    """``(legend, "")`` when the case was finished earlier and its files are intact, else
+    ``(None, why it is redone)``; the reason is empty when the case has no legend at all."""
     path = options.output_dir / f"{case}.json"
+    if not path.exists():
+        return None, ""
     try:
         legend: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    return legend if isinstance(legend, dict) and "labels" in legend else None
+        return None, f"{path.name} is unreadable"
+    if not isinstance(legend, dict) or "labels" not in legend:
+        return None, f"{path.name} is not a Hermes legend"
+    written = legend.get("written")
+    if not isinstance(written, dict) or not written:
+        return None, f"{path.name} records no sizes and checksums (an older Hermes wrote it)"
+    for name, record in written.items():
+        problem = _mismatch(options.output_dir / name, record)
+        if problem:
+            return None, f"{name} {problem}"
+    return legend, ""
+
+
+def _mismatch(path: Path, record: Any) -> str:
+    """Why ``path`` is not the file its legend recorded (``{"bytes", "sha256"}``); "" if it is."""
+    if not isinstance(record, dict):
+        return "has no record in the legend"
+    try:
+        payload = path.read_bytes()
+    except OSError:
+        return "is missing"
+    if len(payload) != record.get("bytes"):
+        return f"has {len(payload)} bytes, not the {record.get('bytes')} recorded (truncated?)"
+    if hashlib.sha256(payload).hexdigest() != record.get("sha256"):
+        return "does not match its recorded sha256 (changed since)"
+    return ""
 
 
 def skipped_report(case: str, path: Path, legend: dict[str, Any]) -> CaseReport:
@@ -101,50 +133,92 @@ def write_case(
     meta: ImageMeta = result.meta
     dicom = case_outputs(case, result, folder, options.formats)  # built first: may fail
     labels = result.labels()
-    written = []
-    if "nifti" in options.formats:
-        written.append(write_image(labels, meta, folder / f"{case}.nii.gz"))
-    written += [write_bytes_atomically(path, payload) for path, payload in dicom]
     stems = postprocess.task_file_stems(result.task_ids)
     files: dict[str, str] = {}
-    for task in result.task_ids:
-        if options.split:
-            path = write_image(result.mask(task), meta, folder / case / f"{stems[task]}.nii.gz")
-            files[task] = str(path.relative_to(folder))
-            written.append(path)
-        if options.probabilities:
-            path = folder / case / f"{stems[task]}_probability.nii.gz"
-            written.append(write_image(result.probability(task), meta, path, dtype=np.float32))
-    if options.preview:
-        png = preview_png(image, meta.affine, labels, result)
-        written.append(write_bytes_atomically(folder / f"{case}.png", png))
-    if options.report is not None:
-        from hermes_model.batch.report import images_dir, thumbnail_png
+    with OutputUnit() as unit:
+        if "nifti" in options.formats:
+            path = folder / f"{case}.nii.gz"
+            unit.add(path, nifti_bytes(labels, meta, path))
+        for path, payload in dicom:
+            unit.add(path, payload)
+        for task in result.task_ids:
+            if options.split:
+                path = folder / case / f"{stems[task]}.nii.gz"
+                unit.add(path, nifti_bytes(result.mask(task), meta, path))
+                files[task] = str(path.relative_to(folder))
+            if options.probabilities:
+                path = folder / case / f"{stems[task]}_probability.nii.gz"
+                probability = result.probability(task)
+                unit.add(path, nifti_bytes(probability, meta, path, dtype=np.float32))
+        if options.preview:
+            png = preview_png(image, meta.affine, labels, result)
+            unit.add(folder / f"{case}.png", png)
+        if options.report is not None:
+            from hermes_model.batch.report import images_dir, thumbnail_png
 
-        thumbnail = images_dir(options.report) / f"{case}.png"
-        written.append(write_bytes_atomically(thumbnail, thumbnail_png(image, labels, result)))
-    legend = postprocess.legend(result, input_file, files)
-    legend["outputs"] = [str(p.relative_to(folder)) for p in written if p.is_relative_to(folder)]
-    legend["out_of_distribution"] = list(out_of_distribution)
-    text = json.dumps(legend, indent=2) + "\n"
-    written.append(write_bytes_atomically(folder / f"{case}.json", text.encode()))
-    return written
+            thumbnail = images_dir(options.report) / f"{case}.png"
+            unit.add(thumbnail, thumbnail_png(image, labels, result))
+        inside = {p: d for p, d in unit.digests.items() if p.is_relative_to(folder)}
+        legend = postprocess.legend(result, input_file, files)
+        legend["outputs"] = [str(p.relative_to(folder)) for p in inside]
+        legend["written"] = {str(p.relative_to(folder)): d for p, d in inside.items()}
+        legend["out_of_distribution"] = list(out_of_distribution)
+        text = json.dumps(legend, indent=2) + "\n"
+        unit.add(folder / f"{case}.json", text.encode())
+        return unit.commit()
 
 
 class StatsWriter:
-    """Rewrites the stats CSV (atomically) after every finished case, so progress is kept."""
+    """The stats CSV: a file is rewritten (atomically) after every finished case, so progress is
+    kept; standard output, a device or a FIFO gets the header once and then each case's rows."""
 
     def __init__(self, path: Path | None, rows: list[dict[str, Any]]) -> None:
         self.path, self.rows = path, rows
-        self.write()
+        self.stream = open_output_stream(path) if path is not None else None
+        if self.stream is not None:
+            self._send(rows, header=True)
+        else:
+            self.write()
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         if self.path is not None and rows:
             self.rows.extend(rows)
-            self.write()
+            if self.stream is not None:
+                self._send(rows, header=False)
+            else:
+                self.write()
 
     def write(self) -> None:
         from hermes_model.pipeline.postprocess import stats_csv
 
         if self.path is not None:
             write_bytes_atomically(self.path, stats_csv(self.rows))
+
+    def close(self) -> None:
+        """Close a stream target (a file needs nothing)."""
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError as error:
+                raise self._error(error) from error
+
+    def _send(self, rows: list[dict[str, Any]], header: bool) -> None:
+        from hermes_model.pipeline.postprocess import stats_csv
+
+        if self.stream is None:
+            return
+        text = stats_csv(rows)
+        if not header:
+            text = text.split(b"\n", 1)[1]
+        try:
+            self.stream.write(text)
+            self.stream.flush()  # each case's rows as it finishes
+        except OSError as error:
+            raise self._error(error) from error
+
+    def _error(self, error: OSError) -> OutputError:
+        return OutputError(
+            f"{self.path}: cannot write the output ({error.strerror or error}); give a writable "
+            "file, or - for standard output"
+        )

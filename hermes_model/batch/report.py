@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from hermes_model.errors import ConfigError
+from hermes_model.errors import ConfigError, OptionError
 from hermes_model.io import write_bytes_atomically
 
 if TYPE_CHECKING:
@@ -35,9 +35,10 @@ def images_dir(page: Path) -> Path:
 
 
 def check_report_path(page: Path) -> None:
-    """ConfigError/OutputError before any work for a report path that cannot be written."""
+    """OptionError/ConfigError/OutputError before any work for a report path that cannot be
+    written."""
     if page.suffix.lower() not in (".html", ".htm"):
-        raise ConfigError(f"{page}: the report is an HTML page; name it *.html")
+        raise OptionError(f"{page}: the report is an HTML page; name it *.html")
     if page.is_dir():
         raise ConfigError(
             f"{page}: is a folder; give the report a file name, e.g. {page / 'report.html'}"

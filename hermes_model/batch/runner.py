@@ -35,11 +35,11 @@ from hermes_model.batch.outputs import (
     skipped_report,
     write_case,
 )
-from hermes_model.errors import ConfigError, HermesError
+from hermes_model.errors import ConfigError, HermesError, OptionError
 from hermes_model.io import ImageMeta, case_name, find_images, is_dicom_case, read_image
 from hermes_model.pipeline.ood import check_scan
 
-__all__ = ["parse_shard", "shard_cases", "segment_files"]
+__all__ = ["check_values", "parse_shard", "shard_cases", "segment_files"]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -50,7 +50,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         i, n = -1, 0
     if n < 1 or not 0 <= i < n:
-        raise ConfigError(
+        raise OptionError(
             f"bad shard {text!r}: use i/n with 0 <= i < n, 0-based (e.g. 0/4 ... 3/4, or "
             "$RANK/$WORLD_SIZE)"
         )
@@ -89,8 +89,34 @@ def _timed_read(path: Path) -> tuple[np.ndarray, ImageMeta, float]:
     return array, meta, time.perf_counter() - start
 
 
+def check_values(options: BatchOptions) -> None:
+    """OptionError for option values that are wrong whatever the input (cheap; before any work).
+
+    ``tasks`` that name no task (``""``, ``",,"``) are refused: leave them out (None) for every
+    task of the weights.
+    """
+    if options.tasks is not None and not any(
+        name.strip() for item in options.tasks for name in item.split(",")
+    ):
+        raise OptionError(
+            f"--tasks {', '.join(map(repr, options.tasks)) or '[]'} names no task; give task ids "
+            "or aliases, comma-separated (hermes tasks lists them), or leave --tasks out for "
+            "every task of the weights"
+        )
+    if options.batch_size is not None and options.batch_size < 1:
+        raise OptionError(
+            f"--batch-size must be at least 1 (windows per forward pass), got "
+            f"{options.batch_size}; leave it out for the device's default"
+        )
+    if not 0.0 <= options.overlap < 1.0:
+        raise OptionError(
+            f"--overlap must be in [0, 1), got {options.overlap:g}; 0.5 is the default"
+        )
+
+
 def _plan(inputs: Sequence[str | Path], options: BatchOptions) -> list[Path]:
     """The cases of this shard; InputError/ConfigError/OutputError before any work."""
+    check_values(options)
     if options.modality is not None:
         registry.normalize_modality(options.modality)
     cases = find_images(inputs)
@@ -135,25 +161,33 @@ def segment_files(
     cases = _plan(inputs, options)
     reports: list[CaseReport] = []
     todo: list[Path] = []
+    redo: dict[str, str] = {}  # case -> why its earlier outputs are not kept (--skip-existing)
     for path in cases:
-        legend = finished_legend(options, case_name(path)) if options.skip_existing else None
+        legend, why = (
+            finished_legend(options, case_name(path)) if options.skip_existing else (None, "")
+        )
         if legend is None:
             todo.append(path)
+            if why:
+                redo[case_name(path)] = f"{case_name(path)}: redone, because {why}"
         else:
             reports.append(skipped_report(case_name(path), path, legend))
     if segmenter is None:
         segmenter = _segmenter(options)
-    if options.tasks:
+    if options.tasks is not None:
         segmenter.select_tasks(options.tasks, None)  # unknown names fail before any case runs
     observer.started(len(todo), len(reports))
     for report in reports:
         observer.case_finished(report)
     stats = StatsWriter(options.stats, [row for r in reports for row in r.rows])
-    with (
-        ThreadPoolExecutor(1, "hermes-read") as reader,
-        ThreadPoolExecutor(1, "hermes-write") as writer,
-    ):
-        _Pipeline(segmenter, options, observer, reader, writer, stats, reports).run(todo)
+    try:
+        with (
+            ThreadPoolExecutor(1, "hermes-read") as reader,
+            ThreadPoolExecutor(1, "hermes-write") as writer,
+        ):
+            _Pipeline(segmenter, options, observer, reader, writer, stats, reports, redo).run(todo)
+    finally:
+        stats.close()
     batch = BatchReport(
         reports, dict(getattr(segmenter, "weights", {})), dict(getattr(segmenter, "runtime", {}))
     )
@@ -175,20 +209,25 @@ class _Pipeline:
     writer: ThreadPoolExecutor
     stats: StatsWriter
     reports: list[CaseReport]
+    redo: dict[str, str]
 
     def run(self, todo: list[Path]) -> None:
         reads = [self.reader.submit(_timed_read, todo[0])] if todo else []
-        pending: Future[CaseReport] | None = None
-        for i, path in enumerate(todo):
-            if i + 1 < len(todo):
-                reads.append(self.reader.submit(_timed_read, todo[i + 1]))
-            job = self._compute(path, reads[i])
-            reads[i] = Future()  # drop this case's array from the list once it is used
-            if pending is not None:
-                self._collect(pending)
-            pending = job
-        if pending is not None:
-            self._collect(pending)
+        waiting: list[Future[CaseReport]] = []  # write jobs not yet counted, oldest first
+        try:
+            for i, path in enumerate(todo):
+                if i + 1 < len(todo):
+                    reads.append(self.reader.submit(_timed_read, todo[i + 1]))
+                waiting.append(self._compute(path, reads[i]))
+                reads[i] = Future()  # drop this case's array from the list once it is used
+                while len(waiting) > 1:
+                    self._collect_oldest(waiting)
+        except BaseException:  # Ctrl-C, SIGTERM: the cases being written are finished, counted
+            while waiting:
+                self._collect_oldest(waiting)
+            raise
+        while waiting:
+            self._collect_oldest(waiting)
 
     def _compute(
         self, path: Path, read: Future[tuple[np.ndarray, ImageMeta, float]]
@@ -232,8 +271,13 @@ class _Pipeline:
 
         return self.writer.submit(_guard(write, lambda e: _failure(case, path, e, compute)))
 
-    def _collect(self, future: Future[CaseReport]) -> None:
-        report = future.result()
+    def _collect_oldest(self, waiting: list[Future[CaseReport]]) -> None:
+        """Once the oldest job's files are in place (or it failed): its stats rows, its report.
+        The job leaves ``waiting`` only when done, so an interrupted wait can be resumed."""
+        report = waiting[0].result()
+        del waiting[0]
+        if report.case in self.redo:
+            report.warnings.insert(0, self.redo[report.case])
         self.reports.append(report)
         self.stats.add(report.rows)
         self.observer.case_finished(report)

@@ -28,7 +28,7 @@ from hermes_model.engines.precision import (
     cpu_native_bf16,
     resolve_precision,
 )
-from hermes_model.errors import ConfigError
+from hermes_model.errors import OptionError
 from hermes_model.options import ENGINES
 
 __all__ = [
@@ -75,7 +75,7 @@ def make_engine(
     """
     device = torch.device(device)
     if name not in ENGINES:
-        raise ConfigError(f"unknown engine {name!r}; use one of {', '.join(ENGINES)}")
+        raise OptionError(f"unknown engine {name!r}; use one of {', '.join(ENGINES)}")
     if name == "auto":
         name = choose_engine(device)
     if name == "openvino":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from hermes_model.errors import ConfigError
+from hermes_model.errors import ConfigError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def resolve_precision(
             return "bf16" if faster else "fp32"
         return "fp32"
     if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+        raise OptionError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
     if precision == "bf16" and device.type == "cpu" and engine != "openvino":

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from hermes_model.datasets.annotation import is_annotated
-from hermes_model.errors import InputError, TaskError
+from hermes_model.errors import InputError, OptionError, TaskError
 from hermes_model.evaluation.metrics import definitions, evaluate_case
 
 __all__ = [
@@ -197,6 +197,11 @@ class MetricOptions:
 
     def __post_init__(self) -> None:
         definitions(self.hd95_method, self.nsd_method)  # ValueError naming the bad method
+        if not (math.isfinite(self.tolerance_mm) and self.tolerance_mm > 0):
+            raise OptionError(
+                f"the surface Dice tolerance must be a finite number of mm > 0, got "
+                f"{self.tolerance_mm:g}; 1.0 is the default"
+            )
 
 
 def _score(
@@ -347,6 +352,8 @@ def evaluate_weights(
     from hermes_model.pipeline.segmenter import Segmenter
 
     options = MetricOptions(tolerance_mm, hd95_method, nsd_method)
+    if max_cases < 0:
+        raise OptionError(f"--max-cases must be >= 0 (0 = every case), got {max_cases}")
     card = load_card(card) if isinstance(card, str | Path) else card
     cases = validate(card, split, scan=False, known_tasks=card.tasks)
     cases = cases[:max_cases] if max_cases else cases

@@ -1,21 +1,25 @@
 """Reading DICOM series (part of :mod:`hermes_model.io`, which owns the geometry convention).
 
 SimpleITK/GDCM sort a series' files into one regular grid; the checks here refuse series whose
-files do not lie on it (gapped, uneven or tilted) and headers that claim absurd sizes.
+files do not lie on it (gapped, uneven or tilted) and headers that claim absurd sizes, and name
+the slice file that cannot be decoded when one is behind the failure.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hermes_model.errors import InputError
-from hermes_model.io.itk import itk_array, itk_meta
+from hermes_model.io.itk import itk_array, itk_meta, simpleitk
 from hermes_model.io.meta import LPS_TO_RAS, ImageMeta, check_claimed_size, one_line
 
 _ITK_ERRORS = (RuntimeError, OSError)
+log = logging.getLogger(__name__)
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -31,7 +35,7 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def series_uid_of(path: Path) -> str:
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -45,7 +49,7 @@ def series_uid_of(path: Path) -> str:
 
 
 def read_dicom(folder: Path, series_uid: str | None) -> tuple[np.ndarray, ImageMeta]:
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     source = str(folder)
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
@@ -74,6 +78,7 @@ def read_dicom(folder: Path, series_uid: str | None) -> tuple[np.ndarray, ImageM
     try:
         image = reader.Execute()
     except _ITK_ERRORS as error:
+        _name_a_broken_slice(series[series_uid], error, pixels=True)
         raise InputError(
             f"{source}: DICOM series cannot be read ({one_line(error)}); check that all files "
             "are complete, or convert the series with dcm2niix"
@@ -84,13 +89,52 @@ def read_dicom(folder: Path, series_uid: str | None) -> tuple[np.ndarray, ImageM
     _, meta = itk_meta(
         image, source, "dicom", modality_tag=tag.upper() or None, series_uid=series_uid
     )
-    _check_slice_positions(reader, meta, source)
+    try:
+        _check_slice_positions(reader, meta, source)
+    except InputError as error:  # a gap: often a slice GDCM could not parse, left out
+        in_series = {os.path.abspath(file) for names in series.values() for file in names}
+        _name_a_broken_slice(
+            [str(p) for p in entries if os.path.abspath(p) not in in_series], error
+        )
+        raise
     return itk_array(image), meta
+
+
+#: Files beside DICOM slices that are not slices (reports, exports, checksums).
+_NOT_SLICES = (".txt", ".json", ".xml", ".md", ".csv", ".pdf", ".png", ".jpg", ".nii", ".gz",
+               ".zip", ".md5", ".sha256", ".html")  # fmt: skip
+
+
+def _name_a_broken_slice(files: list[str], error: Exception, pixels: bool = False) -> None:
+    """Raise InputError naming the first of ``files`` that cannot be decoded, if any.
+
+    ``pixels``: decode each file's pixels (the series reader failed on one of them); otherwise
+    read its header (``files`` are those GDCM left out of every series).
+    """
+    sitk = simpleitk()
+    for name in sorted(files):
+        path = Path(name)
+        if path.name.upper() == "DICOMDIR" or path.name.lower().endswith(_NOT_SLICES):
+            continue
+        if not path.is_file():
+            continue
+        single = sitk.ImageFileReader()
+        single.SetFileName(name)
+        try:
+            single.Execute() if pixels else single.ReadImageInformation()
+        except _ITK_ERRORS as problem:
+            log.debug("%s: %s", path, problem)  # ITK's text names its own source files
+            why = "damaged or truncated pixel data" if pixels else "not a readable DICOM file"
+            raise InputError(
+                f"{path}: this DICOM slice cannot be decoded ({why}), so the series in "
+                f"{path.parent} is incomplete; replace the file with an intact copy (or "
+                "re-export the series from the scanner or PACS)"
+            ) from error
 
 
 def _check_series_size(files: tuple[str, ...], source: str) -> None:
     """The size guard for a series: the first slice's claimed size times the number of files."""
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     first = sitk.ImageFileReader()
     first.SetFileName(files[0])
@@ -142,7 +186,7 @@ def _check_slice_positions(reader: Any, meta: ImageMeta, source: str) -> None:
 
 def dicom_info(path: Path) -> dict[str, str]:
     """A DICOM file's series tags (UID, description, number); empty values when absent."""
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))

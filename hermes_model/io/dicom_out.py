@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from hermes_model.errors import ConfigError, InputError
+from hermes_model.errors import ConfigError, InputError, OptionError
 from hermes_model.io import ImageMeta
+from hermes_model.io.itk import simpleitk
 
 __all__ = [
     "FORMATS",
@@ -70,15 +71,21 @@ class Segment:
 def parse_formats(values: Sequence[str] | None) -> tuple[str, ...]:
     """``["nifti,rtstruct"]`` or ``["nifti", "rtstruct"]`` -> ``("nifti", "rtstruct")``.
 
-    Empty or None gives ``("nifti",)``. ConfigError for an unknown name.
+    None (or no values) gives ``("nifti",)``. OptionError for an unknown name, or for values
+    that name no format (``""``, ``","``).
     """
     names = [n.strip().lower() for v in values or () for n in v.split(",") if n.strip()]
     for name in names:
         if name not in FORMATS:
-            raise ConfigError(
+            raise OptionError(
                 f"unknown output format {name!r}; use one or more of {', '.join(FORMATS)} "
                 "(e.g. --format nifti --format dicom-seg)"
             )
+    if values and not names:
+        raise OptionError(
+            f"--format {', '.join(map(repr, values))} names no format; use one or more of "
+            f"{', '.join(FORMATS)}, or leave --format out for nifti"
+        )
     return tuple(dict.fromkeys(names)) or ("nifti",)
 
 
@@ -130,7 +137,7 @@ def load_source_series(meta: ImageMeta) -> list[Any]:
     Raises InputError for a series without a frame of reference or SOP instance UIDs, or whose
     files do not lie on the grid that was segmented.
     """
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     if meta.format != "dicom":
         raise InputError(f"{meta.source}: not a DICOM series; DICOM outputs need DICOM input")

@@ -3,6 +3,7 @@ geometry converted to RAS. The DICOM reader uses the same conversion."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,17 @@ from hermes_model.io.meta import (
 
 ITK_SUFFIXES = {".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "mha", ".mhd": "mha"}
 _ITK_ERRORS = (RuntimeError, OSError)
+log = logging.getLogger(__name__)
+
+
+def simpleitk() -> Any:
+    """The SimpleITK module, with ITK's own warnings (``WARNING: In .../itk*.hxx``, printed
+    straight to stderr) shown only when this module logs at DEBUG (``--debug``): Hermes reports
+    the problem itself, in one line."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject_SetGlobalWarningDisplay(log.isEnabledFor(logging.DEBUG))
+    return sitk
 
 
 def itk_meta(image: Any, source: str, fmt: str, **extra: Any) -> tuple[tuple[int, ...], ImageMeta]:
@@ -49,7 +61,7 @@ def itk_meta(image: Any, source: str, fmt: str, **extra: Any) -> tuple[tuple[int
 
 def itk_array(image: Any) -> np.ndarray:
     """The voxels indexed (i, j, k): ITK's array is (z, y, x), so reverse the axes (no copy)."""
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     array = sitk.GetArrayFromImage(image)
     array = array.reshape(array.shape[-3:]) if array.ndim > 3 else array
@@ -108,7 +120,7 @@ def _itk_header_problem(path: Path) -> str | None:
 
 
 def read_itk(path: Path, fmt: str) -> tuple[np.ndarray, ImageMeta]:
-    import SimpleITK as sitk
+    sitk = simpleitk()
 
     source = str(path)
     problem = _itk_header_problem(path)

@@ -114,7 +114,8 @@ def check_affine(affine: np.ndarray, source: str) -> None:
 
 
 def check_spatial_shape(shape: tuple[int, ...], source: str) -> tuple[int, int, int]:
-    """The 3D shape, after dropping trailing singleton dimensions; InputError for 2D/4D."""
+    """The 3D shape, after dropping trailing singleton dimensions; InputError for anything
+    that is not a volume (a voxel, a line, a 2D image) or has a 4th dimension."""
     dims = list(shape)
     while len(dims) > 3 and dims[-1] == 1:
         dims.pop()
@@ -124,8 +125,10 @@ def check_spatial_shape(shape: tuple[int, ...], source: str) -> tuple[int, int, 
             "at a time: split the time points/channels into separate 3D files"
         )
     if len(dims) < 3 or min(dims) == 1:
+        extended = sum(n > 1 for n in dims)
+        what = ("a single voxel", "a 1D line of voxels", "a 2D image")[min(extended, 2)]
         raise InputError(
-            f"{source}: 2D image of shape {tuple(shape)}; Hermes segments 3D volumes: pass the "
+            f"{source}: {what} of shape {tuple(shape)}; Hermes segments 3D volumes: pass the "
             "whole volume (all slices of the series), not a single slice"
         )
     return dims[0], dims[1], dims[2]
@@ -161,3 +164,20 @@ def check_claimed_size(shape: tuple[int, ...], itemsize: int, source: str) -> No
         f"{voxels * max(itemsize, 1) / 1e9:.3g} GB), more than the {MAX_VOXELS:.3g} Hermes reads; "
         "the header is probably corrupt (re-export the image), or crop/downsample the scan"
     )
+
+
+#: Where each format keeps the voxel spacing, for messages about a bad spacing.
+SPACING_FIELDS = {
+    "nifti": "pixdim / srow_x..z",
+    "nrrd": "space directions",
+    "mha": "ElementSpacing",
+    "dicom": "PixelSpacing (0028,0030) and the slice positions (0020,0032)",
+    "mgh": "delta (voxel size)",
+    "analyze": "pixdim",
+    "minc": "step",
+}
+
+
+def spacing_field(meta: ImageMeta) -> str:
+    """The header field that holds ``meta``'s voxel spacing, named for a message."""
+    return SPACING_FIELDS.get(meta.format, "voxel spacing")

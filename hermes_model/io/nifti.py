@@ -166,6 +166,20 @@ def write_image(
 
     Returns the path written. Raises OutputError when the file cannot be written.
     """
+    payload = nifti_bytes(array, meta, path, dtype=dtype, compression_level=compression_level)
+    write_bytes_atomically(path, payload)
+    return Path(path)
+
+
+def nifti_bytes(
+    array: np.ndarray,
+    meta: ImageMeta,
+    path: str | Path,
+    *,
+    dtype: np.dtype | type | str | None = None,
+    compression_level: int = 1,
+) -> bytes:
+    """The bytes :func:`write_image` writes to ``path`` (its name decides gzip or not)."""
     path = Path(path)
     array = np.asarray(array)
     if array.shape[:3] != tuple(meta.shape) or array.ndim not in (3, 4):
@@ -180,8 +194,7 @@ def write_image(
     payload = img.to_bytes()
     if path.name.lower().endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=compression_level, mtime=0)
-    write_bytes_atomically(path, payload)
-    return path
+    return payload
 
 
 def _output_dtype(array: np.ndarray, dtype: Any) -> np.dtype:

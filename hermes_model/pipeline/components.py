@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hermes_model.errors import ConfigError
+from hermes_model.errors import ConfigError, OptionError
 from hermes_model.weights.checkpoint import LARGEST_COMPONENT_KEY
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def resolve_tasks(
             return set(task_ids)
         if choice == "none":
             return set()
-        raise ConfigError(
+        raise OptionError(
             f"largest component: {choice!r} is not auto, all, none or a list of task ids"
         )
     return set(choice) & set(task_ids)

@@ -34,6 +34,7 @@ from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, orn
 from hermes_model.config import PreprocessConfig
 from hermes_model.errors import InputError, TaskError
 from hermes_model.io import ImageMeta
+from hermes_model.io.meta import MAX_VOXELS, spacing_field
 from hermes_model.tasks import MODALITIES
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "Prepared",
     "reorientation",
     "resampled_shape",
+    "check_grid",
     "resample",
     "percentiles",
     "normalise",
@@ -54,6 +56,9 @@ __all__ = [
 
 # MODALITIES (the registry's rows): CT is clipped in HU, every other row (PET, MR) at percentiles.
 MAX_PERCENTILE_SAMPLES = 2**20
+#: The longest scan along any axis, in mm (10 m: any body, with a wide margin). A header that
+#: claims more has its spacing in the wrong units or corrupt.
+MAX_EXTENT_MM = 10_000.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,6 +121,32 @@ def resampled_shape(
     return tuple(
         max(1, math.floor(n * s / t + 0.5)) for n, s, t in zip(shape, spacing, target, strict=True)
     )
+
+
+def check_grid(meta: ImageMeta, target: tuple[float, ...], size: tuple[int, ...]) -> None:
+    """Refuse, before anything is allocated, a scan longer than :data:`MAX_EXTENT_MM` along an
+    axis, or whose grid resampled to ``target`` mm (``size`` voxels) exceeds ``MAX_VOXELS``.
+
+    Raises InputError naming the header field that holds the spacing.
+    """
+    field, spacing = spacing_field(meta), [float(f"{s:.4g}") for s in meta.spacing]
+    extent = [n * s for n, s in zip(meta.shape, meta.spacing, strict=True)]
+    axis = int(np.argmax(extent))
+    if extent[axis] > MAX_EXTENT_MM:
+        raise InputError(
+            f"{meta.source}: the voxel spacing {spacing} mm, from the header's {field}, makes the "
+            f"scan {extent[axis] / 1000:.3g} m long along axis {axis}, more than the "
+            f"{MAX_EXTENT_MM / 1000:g} m any scan covers; the spacing is corrupt or not in mm: "
+            f"fix {field}"
+        )
+    voxels = math.prod(size)
+    if voxels > MAX_VOXELS:
+        raise InputError(
+            f"{meta.source}: resampling its {'x'.join(map(str, meta.shape))} voxels of "
+            f"{spacing} mm (the header's {field}) to the model's {list(target)} mm grid needs "
+            f"{voxels:.3g} voxels, more than the {MAX_VOXELS:.3g} Hermes allocates; check {field} "
+            "(units mm), or crop the scan"
+        )
 
 
 def resample(tensor: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -261,6 +292,7 @@ def prepare(
     orient = reorientation(meta.affine, meta.shape, config.orientation)
     canonical_spacing = np.linalg.norm(orient.affine[:3, :3], axis=0)
     size = resampled_shape(orient.shape, tuple(canonical_spacing), config.spacing)
+    check_grid(meta, config.spacing, size)
     tensor, axes = _to_tensor(array, device)
     # Canonical axis c is input axis permutation[c]; give each tensor dim its target size.
     size_of_input_axis = {orient.permutation[c]: size[c] for c in range(3)}

@@ -27,7 +27,7 @@ from hermes_model import tasks as registry
 from hermes_model.config import PreprocessConfig
 from hermes_model.device import StageClock, plan_memory, resolve_device
 from hermes_model.engines import Engine, make_engine
-from hermes_model.errors import ConfigError, TaskError, WeightsError
+from hermes_model.errors import ConfigError, OptionError, TaskError, WeightsError
 from hermes_model.io import ImageMeta, read_image
 from hermes_model.pipeline import components, postprocess
 from hermes_model.pipeline.checks import check_image, detect_modality
@@ -101,6 +101,8 @@ class Segmenter:
             self.preprocess = PreprocessConfig.from_dict(metadata.get("preprocess", {}))
         except (TypeError, ConfigError) as error:
             raise WeightsError(f"{resolved.path}: bad preprocessing metadata ({error})") from error
+        if norm_region not in (None, "volume", "body"):
+            raise OptionError(f"--norm-region must be volume or body, got {norm_region!r}")
         if norm_region is not None:
             changed = {**self.preprocess.to_dict(), "norm_region": norm_region}
             self.preprocess = PreprocessConfig.from_dict(changed)  # refuses a bad value
@@ -111,7 +113,9 @@ class Segmenter:
         # CPU: 2, because torch picks its slow reference conv3d (not oneDNN) for a batch of one
         # whenever N*C*D*H <= 20480 (deep stages, small windows): 3.3x slower per window for
         # the bundled model's 32x48x32 windows (measured, torch 2.13, one thread).
-        batch = batch_size or (2 if self.device.type == "cpu" else 4)
+        if batch_size is not None and batch_size < 1:
+            raise OptionError(f"batch size must be at least 1, got {batch_size}")
+        batch = batch_size if batch_size is not None else (2 if self.device.type == "cpu" else 4)
         self.engine: Engine = make_engine(engine, self.model, self.device, precision, batch)
         self.settings = WindowSettings(
             patch_size=self.preprocess.patch_size,

@@ -29,7 +29,7 @@ import torch
 
 from hermes_model import tasks as registry
 from hermes_model.engines import PRECISIONS, Engine, TorchEngine
-from hermes_model.errors import ConfigError
+from hermes_model.errors import OptionError
 
 __all__ = [
     "CT_BACKGROUND_HU",
@@ -78,11 +78,11 @@ class WindowSettings:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
-            raise ConfigError(f"overlap must be in [0, 1), got {self.overlap}; 0.5 is the default")
+            raise OptionError(f"overlap must be in [0, 1), got {self.overlap}; 0.5 is the default")
         if self.batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+            raise OptionError(f"batch size must be at least 1, got {self.batch_size}")
         if self.precision not in ("auto", *PRECISIONS):
-            raise ConfigError(f"unknown precision {self.precision!r}; use auto, fp32, fp16 or bf16")
+            raise OptionError(f"unknown precision {self.precision!r}; use auto, fp32, fp16 or bf16")
 
     @property
     def window(self) -> tuple[int, int, int]:

@@ -17,10 +17,11 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from hermes_model.io.atomic import replace_file, write_bytes_atomically
 
 __all__ = ["CSV_FIELDS", "RunLog", "LiveView", "plot_curves"]
 
@@ -97,9 +98,7 @@ class RunLog:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_bytes_atomically(path, text.encode())
 
 
 def plot_curves(runlog: RunLog, path: Path, title: str) -> Path | None:
@@ -130,7 +129,7 @@ def plot_curves(runlog: RunLog, path: Path, title: str) -> Path | None:
     tmp = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(tmp, dpi=100)
     plt.close(figure)
-    os.replace(tmp, path)
+    replace_file(tmp, path)
     return path
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from hermes_model.errors import ConfigError
+from hermes_model.errors import ConfigError, OptionError
 from hermes_model.training.distributed import DistContext, setup, teardown
 from hermes_model.training.recipe import Recipe
 from hermes_model.training.trainer import (
@@ -81,7 +81,7 @@ def _check_options(recipe: Recipe, options: RunOptions) -> None:
     if options.mode not in MODES:
         raise ConfigError(f"unknown training mode {options.mode!r}; use one of {MODES}")
     if options.iterations is not None and options.iterations < 0:
-        raise ConfigError(f"--iterations must be >= 0, got {options.iterations}")
+        raise OptionError(f"--iterations must be >= 0, got {options.iterations}")
     if options.stop_after is not None and options.stop_after < 1:
         raise ConfigError(f"stop_after must be >= 1, got {options.stop_after}")
     weights = options.init_weights or recipe.train.init_from

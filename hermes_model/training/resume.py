@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from hermes_model.errors import ConfigError
+from hermes_model.io.atomic import replace_file
 
 __all__ = [
     "STATE_VERSION",
@@ -172,8 +173,8 @@ def save_state(folder: str | os.PathLike[str], state: TrainState) -> None:
     try:
         save_file(state.tensors, str(tensors_tmp), metadata={_META_KEY: text})
         json_tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-        os.replace(tensors_tmp, folder / _TENSORS)
-        os.replace(json_tmp, folder / _JSON)
+        replace_file(tensors_tmp, folder / _TENSORS)
+        replace_file(json_tmp, folder / _JSON)
     finally:
         tensors_tmp.unlink(missing_ok=True)
         json_tmp.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hermes_model.errors import ConfigError, TrainingError
+from hermes_model.errors import ConfigError, OutputError, TrainingError
 from hermes_model.nets.hermes import SegmentationNet
 from hermes_model.pipeline.windows import WindowSettings
 from hermes_model.training import checkpointing, prepare
@@ -201,7 +201,13 @@ class Trainer:
                 "to continue it, or choose another --output"
             )
         if self.main:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:  # a file or a device node at that path, a read-only disk
+                raise OutputError(
+                    f"{self.dir}: cannot create the run folder ({error.strerror or error}); "
+                    "choose another --output"
+                ) from error
 
     def _trainable_parameters(self) -> list[nn.Parameter]:
         if not self.incremental:

@@ -106,11 +106,13 @@ def _write(tensors: dict[str, Any], doc: dict[str, Any], path: Path) -> Path:
         text = json.dumps(doc, sort_keys=True)
     except TypeError as error:
         raise WeightsError(f"checkpoint metadata is not JSON-serialisable: {error}") from error
+    from hermes_model.io.atomic import replace_file
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={_KEY: text})
-        os.replace(tmp, path)
+        replace_file(tmp, path)  # never renamed over a device or FIFO (io.atomic)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

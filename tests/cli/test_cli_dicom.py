@@ -132,5 +132,5 @@ def test_series_without_frame_of_reference_is_one_line_and_writes_nothing(
 def test_unknown_format_is_one_line(weights, tmp_path):
     result = runner.invoke(app, ["segment", str(tmp_path), "-o", str(tmp_path / "o"),
                                  "--format", "png"])  # fmt: skip
-    assert result.exit_code == 7
+    assert result.exit_code == 2
     assert "unknown output format 'png'" in errors(result)[0]

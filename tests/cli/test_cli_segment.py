@@ -279,9 +279,14 @@ def test_bad_input_is_one_line_and_writes_nothing(
     [
         (["--tasks", "livr"], 4, "unknown task 'livr'; closest: "),
         (["--tasks", "kidney_left"], 4, "not in these weights"),
-        (["--shard", "2/2"], 7, "bad shard"),
-        (["--overlap", "1"], 7, "overlap"),
-        (["--device", "tpu"], 7, "unknown device"),
+        (["--shard", "2/2"], 2, "bad shard"),
+        (["--overlap", "1"], 2, "--overlap must be in [0, 1), got 1"),
+        (["--device", "tpu"], 2, "unknown device"),
+        (["--batch-size", "0"], 2, "--batch-size must be at least 1"),
+        (["--tasks", ""], 2, "names no task"),
+        (["--tasks", ",,"], 2, "names no task"),
+        (["--format", ""], 2, "names no format"),
+        (["--norm-region", "skin"], 2, "volume or body"),
     ],
 )
 def test_bad_options_fail_before_any_case_runs(
