@@ -16,7 +16,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from hermes_model.engines.precision import autocast_dtype_of, resolve_precision
+from hermes_model.engines.precision import (
+    autocast_dtype_of,
+    exact_fp32_on_cuda,
+    resolve_precision,
+)
 
 __all__ = ["Engine", "TorchEngine"]
 
@@ -38,6 +42,7 @@ class Engine:
         self.model = model.eval()
         self.device = device
         self.precision = precision
+        exact_fp32_on_cuda(torch.device(device), precision)  # fp32 means fp32, not TF32
 
     def __call__(
         self, image: torch.Tensor, task_idx: torch.Tensor, modality_idx: torch.Tensor

@@ -29,6 +29,7 @@ __all__ = [
     "autocast_dtype",
     "autocast_dtype_of",
     "cpu_native_bf16",
+    "exact_fp32_on_cuda",
     "model_size",
     "resolve_precision",
     "resolve_training_precision",
@@ -208,3 +209,19 @@ def resolve_training_precision(
             _warn_if_emulated("train.amp = 'bf16'", "training")
         return "bf16" if device.type in ("cuda", "cpu") else "fp32"
     raise ConfigError(f"unknown train.amp {amp!r}; use auto, none, fp16 or bf16")
+
+
+def exact_fp32_on_cuda(device: torch.device, precision: str) -> None:
+    """Make ``fp32`` on CUDA mean IEEE float32: PyTorch runs float32 convolutions in TF32 (a
+    10-bit mantissa) on Ampere and later GPUs by default, which moves logits by about 1e-3.
+    A process-wide switch, set when an fp32 engine is made on CUDA; fp16/bf16 are unaffected.
+    """
+    if device.type != "cuda" or precision != "fp32":
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9: the new switches
+        conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:  # older torch: the legacy flags (mixing the two APIs is an error in newer torch)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False

@@ -104,3 +104,22 @@ def test_the_shipped_recipes_choose_precision_by_detecting_the_cpu() -> None:
     root = Path(__file__).resolve().parents[2] / "train" / "recipes"
     forced = [p.name for p in sorted(root.glob("*.toml")) if load_recipe(p).train.amp == "bf16"]
     assert not forced, forced
+
+
+def test_fp32_on_cuda_turns_tf32_off_and_other_precisions_leave_it() -> None:
+    """--precision fp32 on CUDA is IEEE fp32: PyTorch's default TF32 convolutions moved the
+    logits past the GPU stitching test's tolerance. The switch is process-wide, so it is put
+    back after the test; setting it needs no GPU."""
+    from hermes_model.engines.precision import exact_fp32_on_cuda
+
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = (conv.fp32_precision, matmul.fp32_precision)
+    try:
+        conv.fp32_precision, matmul.fp32_precision = "tf32", "tf32"
+        exact_fp32_on_cuda(torch.device("cpu"), "fp32")
+        exact_fp32_on_cuda(torch.device("cuda"), "fp16")
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("tf32", "tf32")
+        exact_fp32_on_cuda(torch.device("cuda"), "fp32")
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = before
