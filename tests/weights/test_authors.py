@@ -190,6 +190,10 @@ def test_bad_files_give_one_line_and_write_nothing(reference: Path, tmp_path: Pa
         convert_state_dict(state, source)
 
 
+# Slow (80 s: OpenVINO's conversion of the 71-task network, then one 128^3 window); the default
+# run covers the same crop with the same weights through --tasks routing, in torch fp32
+# (tests/pipeline/test_routed.py::test_liver_and_spleen_come_from_the_imported_authors_weights).
+@pytest.mark.slow
 def test_imported_weights_segment_a_real_ct_with_exact_geometry(
     data_dir: Path, imported: Path, tmp_path: Path
 ) -> None:
