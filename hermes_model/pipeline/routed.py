@@ -13,21 +13,17 @@ A request served by one weights file gives exactly what ``Segmenter(those weight
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from hermes_model import tasks as registry
-from hermes_model.io import ImageMeta, read_image
-from hermes_model.pipeline.checks import detect_modality
+from hermes_model.io import ImageMeta
 from hermes_model.pipeline.postprocess import label_map_from
 from hermes_model.pipeline.result import SegmentationResult
-from hermes_model.pipeline.segmenter import ImageInput, Segmenter
-from hermes_model.weights.routing import Route, route_tasks
+from hermes_model.pipeline.segmenter import ImageInput, Segmenter, load_scan
+from hermes_model.weights.routing import Route, candidates, route_tasks
 
 __all__ = ["RoutedSegmenter", "merge_results"]
 
@@ -50,7 +46,8 @@ class RoutedSegmenter:
         self.tasks = list(tasks)
         self.options = options
         self.loaded: dict[str, Segmenter] = {}
-        route_tasks(self.tasks)
+        self.pool = candidates()  # the registry, read once for the whole batch
+        route_tasks(self.tasks, pool=self.pool)
 
     def segmenter(self, route: Route) -> Segmenter:
         """The ``Segmenter`` of ``route``'s weights, loaded on first use."""
@@ -78,7 +75,7 @@ class RoutedSegmenter:
         self, names: Sequence[str] | None, modality: str | None
     ) -> tuple[list[str], list[str]]:
         """(task ids, warnings) as ``Segmenter.select_tasks``: every name routed to weights."""
-        routes = route_tasks(list(names or self.tasks), modality)
+        routes = route_tasks(list(names or self.tasks), modality, self.pool)
         return [t for r in routes for t in r.task_ids], []
 
     def out_of_distribution(
@@ -101,14 +98,8 @@ class RoutedSegmenter:
         progress: Progress | None = None,
     ) -> SegmentationResult:
         """Segment one scan (arguments as ``Segmenter.segment``); the image is read once."""
-        start = time.perf_counter()
-        array, meta = read_image(image) if isinstance(image, str | Path) else image
-        read = time.perf_counter() - start
-        if modality is not None:
-            modality, confidence = registry.normalize_modality(modality), 1.0
-        else:
-            modality, confidence = detect_modality(array, meta)
-        routes = route_tasks(list(tasks or self.tasks), modality)
+        array, meta, modality, confidence, read = load_scan(image, modality)
+        routes = route_tasks(list(tasks or self.tasks), modality, self.pool)
         several = len(routes) > 1
         results = [
             self.segmenter(route).segment(

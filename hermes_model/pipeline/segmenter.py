@@ -42,7 +42,7 @@ from hermes_model.pipeline.windows import (
     sliding_window,
 )
 
-__all__ = ["ImageInput", "Segmenter"]
+__all__ = ["ImageInput", "Segmenter", "load_scan"]
 
 Progress = Callable[[int, int], None]
 
@@ -200,14 +200,8 @@ class Segmenter:
 
         Raises InputError (unusable image), TaskError (unknown task or modality).
         """
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        array, meta = read_image(image) if isinstance(image, str | Path) else image
-        timings["read"] = time.perf_counter() - start
-        if modality is not None:
-            modality, confidence = registry.normalize_modality(modality), 1.0
-        else:
-            modality, confidence = detect_modality(array, meta)
+        array, meta, modality, confidence, read = load_scan(image, modality)
+        timings = {"read": read}
         modality, row_warnings = self._modality_row(modality, meta.source)
         warnings = row_warnings + check_image(array, meta, modality)
         task_ids, task_warnings = self.select_tasks(tasks, modality)
@@ -295,6 +289,19 @@ class Segmenter:
             largest_component=[t for t in task_ids if t in self.keep_largest],
             sources=[{**self.weights, **self.runtime, "tasks": list(task_ids)}],
         )
+
+
+def load_scan(
+    image: ImageInput, modality: str | None
+) -> tuple[np.ndarray, ImageMeta, str, float, float]:
+    """``(array, meta, modality, confidence, read seconds)``: ``image`` read if it is a path,
+    ``modality`` normalised when given (confidence 1), else detected from the intensities."""
+    start = time.perf_counter()
+    array, meta = read_image(image) if isinstance(image, str | Path) else image
+    read = time.perf_counter() - start
+    if modality is not None:
+        return array, meta, registry.normalize_modality(modality), 1.0, read
+    return array, meta, *detect_modality(array, meta), read
 
 
 def _trained_modalities(task_id: str) -> tuple[str, ...]:

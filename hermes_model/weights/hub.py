@@ -61,6 +61,7 @@ __all__ = [
     "local_copy",
     "weights_path",
     "how_to_get",
+    "downloads_off",
 ]
 
 logger = logging.getLogger(__name__)
@@ -127,10 +128,7 @@ def download(name: str, *, force: bool = False) -> ResolvedWeights:
     """
     if name.startswith("hf://"):
         return _resolve_uri(name, offline=False if force else None, force=force)
-    entry = _lookup(name)
-    if entry.manual:
-        raise WeightsError(how_to_get(entry))
-    return _resolve_entry(entry, offline=False if force else None, force=force)
+    return _resolve_entry(_lookup(name), offline=False if force else None, force=force)
 
 
 def how_to_get(entry: WeightsEntry) -> str:
@@ -154,9 +152,7 @@ def verify(name_or_path: str) -> tuple[bool, str, str]:
     entries = load_registry()
     if name_or_path in entries:
         entry = entries[name_or_path]
-        if entry.manual:
-            raise WeightsError(how_to_get(entry))
-        actual = sha256_file(weights_path(entry.name))
+        actual = sha256_file(weights_path(entry.name))  # a manual entry: how to get it
         return actual == entry.sha256, entry.sha256, actual
     path = Path(name_or_path).expanduser()
     if not path.is_file():
@@ -310,7 +306,7 @@ def _hf_download(
     )
 
     if offline is None:
-        offline = _env_true("HF_HUB_OFFLINE") or bool(constants.HF_HUB_OFFLINE)
+        offline = downloads_off()
     failures: tuple[type[Exception], ...] = (HfHubHTTPError, ValueError, *_network_errors())
     where = f"{repo_id}@{revision[:12]}/{filename}"
     logger.info("weights %s: %s", name, where)
@@ -376,6 +372,13 @@ def _sha256(path: Path) -> str:
     if key not in _HASHES:
         _HASHES[key] = sha256_file(path)
     return _HASHES[key]
+
+
+def downloads_off() -> bool:
+    """HF_HUB_OFFLINE, read now (the environment) or when huggingface_hub was imported."""
+    from huggingface_hub import constants
+
+    return _env_true("HF_HUB_OFFLINE") or bool(constants.HF_HUB_OFFLINE)
 
 
 def _env_true(name: str) -> bool:

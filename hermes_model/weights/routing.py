@@ -18,13 +18,12 @@ checkpoint.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from hermes_model import tasks as registry
 from hermes_model.errors import TaskError
-from hermes_model.weights.hub import how_to_get, local_copy
+from hermes_model.weights.hub import downloads_off, how_to_get, local_copy
 from hermes_model.weights.registry import WeightsEntry, load_registry
 
 __all__ = ["Route", "candidates", "route_tasks", "providers"]
@@ -38,23 +37,16 @@ class Route:
     task_ids: tuple[str, ...]
 
 
-def _offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
-        return True
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
 def candidates(entries: Iterable[WeightsEntry] | None = None) -> list[WeightsEntry]:
     """The registry's usable entries in routing order (module docstring)."""
     pool = [e for e in (load_registry().values() if entries is None else entries) if not e.manual]
     default = [e for e in pool if e.default]
     rest = [e for e in pool if not e.default]
     rest.sort(key=lambda e: e.origin != "personal")  # stable: file order within each origin
-    here = [e for e in rest if local_copy(e) is not None]
-    away = [e for e in rest if local_copy(e) is None and e.source == "huggingface"]
-    return default + here + ([] if _offline() else away)
+    present = {e.name: local_copy(e) is not None for e in rest}
+    here = [e for e in rest if present[e.name]]
+    away = [e for e in rest if not present[e.name] and e.source == "huggingface"]
+    return default + here + ([] if downloads_off() else away)
 
 
 def _find(name: str, modality: str | None, pool: Sequence[WeightsEntry]) -> Route | None:
@@ -67,14 +59,19 @@ def _find(name: str, modality: str | None, pool: Sequence[WeightsEntry]) -> Rout
     return None
 
 
-def route_tasks(names: Sequence[str], modality: str | None = None) -> list[Route]:
+def route_tasks(
+    names: Sequence[str],
+    modality: str | None = None,
+    pool: Sequence[WeightsEntry] | None = None,
+) -> list[Route]:
     """The weights for each requested name (ids or aliases, comma-separated allowed), grouped
-    by weights file in the order they are first needed.
+    by weights file in the order they are first needed. ``pool``: :func:`candidates`, when the
+    caller keeps it for many scans (default: read the registry now).
 
     Raises TaskError (one line) for an unknown name, and for a known task that no usable entry
     has: the message names the entries that have it and, for one to fetch by hand, how.
     """
-    pool = candidates()
+    pool = candidates() if pool is None else pool
     routes: dict[str, list[str]] = {}
     entries: dict[str, WeightsEntry] = {}
     for item in names:
