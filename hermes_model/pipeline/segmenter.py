@@ -41,6 +41,8 @@ from hermes_model.pipeline.windows import (
     plan_groups,
     sliding_window,
 )
+from hermes_model.tasks.pairs import left_right_axis
+from hermes_model.weights.checkpoint import MIRROR_AXES_KEY
 
 __all__ = ["ImageInput", "Segmenter", "load_scan"]
 
@@ -62,7 +64,8 @@ class Segmenter:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         overlap: window overlap in [0, 1): more is smoother and slower (0.5: ~8x the windows of 0).
         batch_size: windows per forward; None = 4 on a GPU, 2 on the CPU.
-        tta: mirror test-time augmentation (8x slower).
+        tta: mirror test-time augmentation: left-right (paired tasks swapped) and the axes the
+            weights trained mirrored along (2x to 8x slower; ``pipeline.predictor``).
         precision: ``auto`` (``engines.precision``: fp16 on CUDA; bf16 on CPUs with native bf16
             where it measured faster for the engine and model size; else fp32), ``fp32``,
             ``fp16``, ``bf16``.
@@ -211,6 +214,11 @@ class Segmenter:
         result.warnings = warnings + task_warnings
         return result
 
+    def _mirroring(self, orientation: str) -> tuple[int, list[int]]:
+        """The left-right axis and the axes ``--tta`` mirrors along (``predictor``)."""
+        axis = left_right_axis(orientation)
+        return axis, _tta_axes(getattr(self.model, "metadata", {}), axis)
+
     def _modality_row(self, modality: str, source: str) -> tuple[str, list[str]]:
         """The weights' modality row for ``modality``: itself, else (for an MR sequence the
         weights lack, such as ``mr-t2`` on ct/mr weights) the generic ``mr`` row, with a note."""
@@ -261,7 +269,7 @@ class Segmenter:
         stats = WindowStats()
         probs = sliding_window(
             self.engine, prepared.image, runs, index, self.settings, plan.stitch_device,
-            progress, background, stats,
+            progress, background, stats, *self._mirroring(config.orientation),
         )  # fmt: skip
         clock.lap("network")
         outputs = postprocess.finalise(
@@ -271,7 +279,7 @@ class Segmenter:
         del probs
         clock.lap("restore")
         voxel_ml = float(np.prod(meta.spacing)) / 1000.0
-        windows = len(runs) * (2**3 if self.settings.tta else 1) * stats.total
+        windows = stats.passes * stats.total
         return SegmentationResult(
             task_ids=task_ids,
             masks=outputs.masks,
@@ -285,10 +293,15 @@ class Segmenter:
             timings=timings,
             weights=dict(self.weights),
             windows=windows,
-            skipped_windows=len(runs) * (2**3 if self.settings.tta else 1) * stats.skipped,
+            skipped_windows=stats.passes * stats.skipped,
             largest_component=[t for t in task_ids if t in self.keep_largest],
             sources=[{**self.weights, **self.runtime, "tasks": list(task_ids)}],
         )
+
+
+def _tta_axes(metadata: dict[str, Any], left_right: int) -> list[int]:
+    """Axes ``--tta`` mirrors along: those the weights trained mirrored along, and left-right."""
+    return sorted({*(int(a) for a in metadata.get(MIRROR_AXES_KEY, [])), left_right})
 
 
 def load_scan(

@@ -14,12 +14,12 @@ Choices, documented once:
   :func:`background_threshold`) is not run. It gets the logits the network gives a window
   filled with the scan's minimum, computed once per task group: a window that is all clip floor
   is that window, so the masks are those of running every window.
-- Test-time augmentation: all 8 combinations of mirroring along the 3 axes (8x the network time).
+- Test-time augmentation: every combination of mirroring along the left-right axis and the axes
+  the model trained mirrored along, paired tasks swapped on left-right flips (``predictor``).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ import torch
 from hermes_model import tasks as registry
 from hermes_model.engines import PRECISIONS, Engine, TorchEngine
 from hermes_model.errors import OptionError
+from hermes_model.pipeline.predictor import Predictor
 
 __all__ = [
     "CT_BACKGROUND_HU",
@@ -64,7 +65,7 @@ class WindowSettings:
         patch_size: window edge in voxels (D, H, W of the canonical grid).
         overlap: fraction of the window shared by neighbouring windows, in [0, 1).
         batch_size: windows per forward pass.
-        tta: average over the 8 mirror flips (8x slower; smoother, slightly better masks).
+        tta: average over mirror flips (``predictor``: up to 8x slower; smoother masks).
         precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (``engines.resolve_precision``).
         skip_background: do not run windows that hold only background (module docstring).
     """
@@ -211,17 +212,11 @@ class WindowStats:
 
     total: int = 0
     skipped: int = 0
+    passes: int = 1  # network passes per position: task groups x mirror flips
 
     @property
     def skipped_fraction(self) -> float:
         return self.skipped / self.total if self.total else 0.0
-
-
-def _flip_sets(tta: bool) -> list[tuple[int, ...]]:
-    """Spatial dims of a (B, C, D, H, W) tensor to mirror: none, or all 8 combinations."""
-    if not tta:
-        return [()]
-    return [c for r in range(4) for c in itertools.combinations((2, 3, 4), r)]
 
 
 def _pad_to(image: torch.Tensor, window: tuple[int, int, int]) -> tuple[torch.Tensor, list[slice]]:
@@ -263,6 +258,8 @@ def sliding_window(
     progress: Progress | None = None,
     background: float | None = None,
     stats: WindowStats | None = None,
+    left_right_axis: int = 0,
+    tta_axes: Sequence[int] = (0, 1, 2),
 ) -> torch.Tensor:
     """Probabilities of the requested tasks on the image's grid.
 
@@ -277,7 +274,11 @@ def sliding_window(
         progress: called with (windows done, windows total) after each batch.
         background: windows at or below it everywhere are skipped when
             ``settings.skip_background`` (:func:`background_threshold`); None runs every window.
-        stats: filled with the number of window positions and of those skipped.
+        stats: filled with the number of window positions, of those skipped, and the network
+            passes per position.
+        left_right_axis: the image's axis along the body's left-right direction, on which
+            ``tta`` swaps paired tasks (``predictor``).
+        tta_axes: canonical axes ``tta`` mirrors along (``Segmenter`` passes the model's).
 
     Returns:
         (T, D, H, W) float32 probabilities (sigmoid of the Gaussian-weighted mean logits) on
@@ -304,7 +305,11 @@ def sliding_window(
     weight = torch.zeros(grid, dtype=torch.float32, device=stitch_device)
     for z, y, x in starts:
         weight[z : z + window[0], y : y + window[1], x : x + window[2]] += gauss_stitch
-    predict = _Predictor(engine, runs, modality_index, settings.tta, gauss, device)
+    predict = Predictor(
+        engine, runs, modality_index, settings.tta, gauss, device, left_right_axis, tta_axes
+    )
+    if stats is not None:
+        stats.passes = predict.passes
     if skipped:
         floor = torch.full((1, 1, *window), float(padded.min()), device=device)
         for run, weighted in zip(runs, predict(floor), strict=True):
@@ -321,42 +326,6 @@ def sliding_window(
             progress(done, len(starts))
     acc.div_(weight).sigmoid_()
     return acc[:, crop[0], crop[1], crop[2]]
-
-
-class _Predictor:
-    """Gaussian-weighted logits of a (B, 1, *window) batch for each task group, flips averaged."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        runs: Sequence[GroupRun],
-        modality_index: int,
-        tta: bool,
-        gauss: torch.Tensor,
-        device: torch.device,
-    ) -> None:
-        self.engine, self.modality_index, self.gauss = engine, modality_index, gauss
-        self.device = device
-        self.flips = _flip_sets(tta)
-        self.tasks = [torch.tensor(r.task_indices, device=device) for r in runs]
-        self.keep = [torch.tensor(r.keep, device=device) for r in runs]
-
-    def __call__(self, batch: torch.Tensor) -> list[torch.Tensor]:
-        """One (B, K, *window) float32 tensor per group: K kept outputs, x Gaussian."""
-        n = batch.shape[0]
-        modalities = torch.full((n,), self.modality_index, dtype=torch.long, device=self.device)
-        out = []
-        for task_idx, keep in zip(self.tasks, self.keep, strict=True):
-            summed: torch.Tensor | None = None
-            for dims in self.flips:
-                inputs = batch.flip(dims) if dims else batch
-                logits = self.engine(inputs, task_idx.expand(n, -1), modalities)
-                logits = logits.index_select(1, keep).float()
-                logits = logits.flip(dims) if dims else logits
-                summed = logits if summed is None else summed.add_(logits)
-            assert summed is not None  # flips is never empty
-            out.append(summed.mul_(self.gauss / len(self.flips)))
-        return out
 
 
 def _accumulate(

@@ -7,7 +7,9 @@ Per sample, each with its own probability (``AugmentConfig``):
   patch ``crop_margin`` voxels larger on each side; the transform maps the output patch into its
   centre, so rotated corners hold image rather than padding. Outside the input the image gets
   the sample's minimum, the targets 0;
-- mirroring along ``mirror_axes`` (image and targets flipped together);
+- mirroring along ``mirror_axes`` (image and targets flipped together). Along the body's
+  left-right axis a lateral task becomes its partner (``tasks.pairs``): :meth:`Augmenter.with_tasks`
+  asks a mirrored sample for ``parotid_right`` where its target is the flipped left parotid;
 - intensity (image only, probability per modality): brightness multiplication and shift,
   gamma (statistics kept), contrast (range kept), Gaussian blur, Gaussian noise.
 
@@ -24,19 +26,49 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from hermes_model.errors import ConfigError
 from hermes_model.training.settings import AugmentConfig
 
-__all__ = ["Augmenter"]
+__all__ = ["Augmenter", "mirror_partners"]
+
+
+def mirror_partners(
+    config: AugmentConfig, orientation: str, task_ids: Sequence[str]
+) -> tuple[list[int] | None, int]:
+    """The Augmenter's ``partners`` and ``left_right_axis`` for a model's tasks.
+
+    ConfigError naming the task when left-right mirroring is asked for and a lateral task's
+    partner is not one of the model's tasks (its mirror image would have no label to learn).
+    """
+    from hermes_model.tasks.pairs import NO_PARTNER, lateral_partner, left_right_axis, mirror_rows
+
+    axis = left_right_axis(orientation)
+    rows = mirror_rows(task_ids)
+    if config.enabled and config.p_mirror > 0 and axis in config.mirror_axes:
+        for task, row in zip(task_ids, rows, strict=True):
+            if row == NO_PARTNER:
+                raise ConfigError(
+                    f"augment.mirror_axes mirrors left-right (axis {axis}), which turns {task} "
+                    f"into {lateral_partner(task)}, a task the model does not have; add that "
+                    f"task or leave axis {axis} out of mirror_axes"
+                )
+    return (None if rows == list(range(len(rows))) else rows), axis
 
 
 class Augmenter:
-    """Augments collated batches: ``image, targets = augmenter(image, targets, modality_idx)``.
+    """Augments collated batches: ``image, targets = augmenter(image, targets, modality_idx)``,
+    or with the task indices when left-right mirroring must swap paired tasks
+    (:meth:`with_tasks`).
 
     Args:
         config: augmentation settings.
         patch_size: output patch (D, H, W); inputs must be :attr:`input_size`.
         seed: seed of the generator.
         device: where the generator (and so the batches) live.
+        modalities: the model's modality rows (picks each sample's intensity probability).
+        partners: per model task row, the row a left-right mirror image asks for
+            (``tasks.pairs.mirror_rows``); None when no task has a side.
+        left_right_axis: the canonical axis along the body's left-right direction (0 in RAS).
     """
 
     def __init__(
@@ -46,8 +78,11 @@ class Augmenter:
         seed: int = 0,
         device: torch.device | str = "cpu",
         modalities: Sequence[str] | None = None,
+        partners: Sequence[int] | None = None,
+        left_right_axis: int = 0,
     ) -> None:
         from hermes_model.tasks import MODALITIES, modality_family
+        from hermes_model.tasks.pairs import NO_PARTNER
 
         self.config = config
         self.patch_size = (int(patch_size[0]), int(patch_size[1]), int(patch_size[2]))
@@ -59,6 +94,21 @@ class Augmenter:
         self._p_intensity = [
             float(p.get(m, p.get(modality_family(m), 0.0))) for m in (modalities or MODALITIES)
         ]
+        self.left_right_axis = left_right_axis
+        self.partners: torch.Tensor | None = None
+        if partners is not None and list(partners) != list(range(len(partners))):
+            if self.mirrors_left_right and NO_PARTNER in partners:
+                raise ValueError(
+                    "left-right mirroring needs the partner of every lateral task; leave the "
+                    f"left-right axis ({left_right_axis}) out of augment.mirror_axes"
+                )
+            self.partners = torch.tensor(list(partners), dtype=torch.long, device=device)
+
+    @property
+    def mirrors_left_right(self) -> bool:
+        """Whether some samples are mirrored along the body's left-right axis."""
+        c = self.config
+        return c.enabled and c.p_mirror > 0 and self.left_right_axis in c.mirror_axes
 
     @property
     def margin(self) -> int:
@@ -97,6 +147,42 @@ class Augmenter:
         Returns:
             image (B, 1, *patch_size) float32 and targets (B, T, *patch_size) in their dtype.
         """
+        if self.partners is not None and self.mirrors_left_right:
+            raise ValueError(
+                "the model has paired tasks: augment with with_tasks(), which swaps them"
+            )
+        image, targets, _ = self._augment(image, targets, modality_idx)
+        return image, targets
+
+    @torch.no_grad()
+    def with_tasks(
+        self,
+        image: torch.Tensor,
+        targets: torch.Tensor,
+        modality_idx: torch.Tensor,
+        task_idx: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As calling the augmenter, plus what each target channel now shows.
+
+        ``task_idx`` (B, T) holds model task rows (-1 = padding). A sample mirrored left-right
+        gets each lateral task's partner row (its flipped left parotid is a right parotid); the
+        others keep theirs. The random draws are the same as a plain call's.
+        """
+        image, targets, flipped = self._augment(image, targets, modality_idx)
+        if self.partners is None or not bool(flipped.any()):
+            return image, targets, task_idx
+        partners = self.partners.to(task_idx.device)
+        swapped = torch.where(task_idx >= 0, partners[task_idx.clamp(min=0)], task_idx)
+        mirrored = flipped.to(task_idx.device)[:, None]
+        return image, targets, torch.where(mirrored, swapped, task_idx)
+
+    def _augment(
+        self,
+        image: torch.Tensor,
+        targets: torch.Tensor,
+        modality_idx: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image, targets and which samples were mirrored left-right ((B,) bool)."""
         if tuple(image.shape[2:]) != self.input_size or image.shape[2:] != targets.shape[2:]:
             raise ValueError(
                 f"expected image and targets of spatial size {self.input_size}, got "
@@ -104,10 +190,11 @@ class Augmenter:
             )
         image = image.float()
         if not self.config.enabled:
-            return self._centre(image), self._centre(targets)
+            none = torch.zeros(image.shape[0], dtype=torch.bool)
+            return self._centre(image), self._centre(targets), none
         image, targets = self._spatial(image, targets)
-        image, targets = self._mirror(image, targets)
-        return self._intensity(image, modality_idx), targets
+        image, targets, flipped = self._mirror(image, targets)
+        return self._intensity(image, modality_idx), targets, flipped
 
     def _centre(self, tensor: torch.Tensor) -> torch.Tensor:
         m = self.margin
@@ -143,14 +230,16 @@ class Augmenter:
 
     def _mirror(
         self, image: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         flips = self._rand(image.shape[0], 3) < self.config.p_mirror
         for axis in self.config.mirror_axes:
             index = flips[:, axis].nonzero().flatten()
             if index.numel():
                 image[index] = image[index].flip(2 + axis)
                 targets[index] = targets[index].flip(2 + axis)
-        return image, targets
+        left_right = self.left_right_axis in self.config.mirror_axes
+        flipped = flips[:, self.left_right_axis] if left_right else torch.zeros_like(flips[:, 0])
+        return image, targets, flipped.cpu()
 
     def _intensity(self, image: torch.Tensor, modality_idx: torch.Tensor) -> torch.Tensor:
         c = self.config

@@ -47,7 +47,7 @@ def save_weights(trainer: Trainer, name: str) -> Path:
 
     Incremental runs first check that every frozen tensor equals the starting weights'.
     """
-    from hermes_model.weights.checkpoint import save_checkpoint
+    from hermes_model.weights.checkpoint import MIRROR_AXES_KEY, save_checkpoint
 
     if trainer.incremental:
         _assert_frozen(trainer)
@@ -58,8 +58,14 @@ def save_weights(trainer: Trainer, name: str) -> Path:
         task_groups=trainer.groups,
         group_spacing=group_spacing(trainer),
         training_statistics=training_statistics(trainer),
-        **checkpoint_metadata(trainer),
+        **{MIRROR_AXES_KEY: mirror_axes(trainer), **checkpoint_metadata(trainer)},
     )
+
+
+def mirror_axes(trainer: Trainer) -> list[int]:
+    """The canonical axes this run mirrored its patches along (none when it did not mirror)."""
+    a = trainer.recipe.augment
+    return sorted(a.mirror_axes) if a.enabled and a.p_mirror > 0 else []
 
 
 def training_statistics(trainer: Trainer) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from hermes_model.errors import ConfigError, OutputError, TrainingError
 from hermes_model.nets.hermes import SegmentationNet
 from hermes_model.pipeline.windows import WindowSettings
 from hermes_model.training import checkpointing, prepare
-from hermes_model.training.augment import Augmenter
+from hermes_model.training.augment import Augmenter, mirror_partners
 from hermes_model.training.distributed import DistContext, wrap_model
 from hermes_model.training.logbook import LiveView, RunLog, plot_curves
 from hermes_model.training.losses import LossTerms, bce_dice_loss
@@ -263,7 +263,10 @@ class Trainer:
         self.local_batch = r.train.batch_size // ctx.world_size
         seed = int(np.random.SeedSequence([r.seed, ctx.rank, 7]).generate_state(1)[0])
         rows = self.model.modalities
-        self.augmenter = Augmenter(r.augment, r.preprocess.patch_size, seed, self.device, rows)
+        self.augmenter = Augmenter(
+            r.augment, r.preprocess.patch_size, seed, self.device, rows,
+            *mirror_partners(r.augment, r.preprocess.orientation, self.model.task_ids),
+        )  # fmt: skip
         self.sampler = MixedBatchSampler(
             self.data.train, self.model.task_ids, self.augmenter.input_size,
             weights=[e.weight for e in r.datasets], foreground_fraction=r.train.foreground_fraction,
@@ -342,23 +345,26 @@ class Trainer:
         """One optimiser step on ``batch``; returns the loss terms (on the device)."""
         r = self.recipe
         batch = batch.to(self.device, non_blocking=True)
-        image, targets = self.augmenter(batch.image, batch.targets, batch.modality_idx)
+        # A sample mirrored left-right is asked for each lateral task's partner.
+        image, targets, task_idx = self.augmenter.with_tasks(
+            batch.image, batch.targets, batch.modality_idx, batch.task_idx
+        )
         image = image.contiguous(memory_format=self.memory_format)
         with torch.autocast(
             self.device.type,
             dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
         ):
-            logits = self.net(image, batch.task_idx, batch.modality_idx)
+            logits = self.net(image, task_idx, batch.modality_idx)
         terms = bce_dice_loss(
             logits,
             targets,
             batch.loss_mask,
             r.loss.lambda_dice,
             r.loss.dice_smooth,
-            task_idx=batch.task_idx,
+            task_idx=task_idx,
             reduction=r.loss.dice_reduction,
-            pos_weight=self._pair_pos_weights(batch.task_idx),
+            pos_weight=self._pair_pos_weights(task_idx),
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()

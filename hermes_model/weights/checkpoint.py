@@ -41,6 +41,9 @@ FORMAT_VERSION = 1
 #: Metadata key: the task ids whose masks keep only their largest connected component (chosen on
 #: validation; ``hermes_model.pipeline.components`` applies it, the model card lists it).
 LARGEST_COMPONENT_KEY = "largest_component"
+#: Metadata key: the canonical axes (0 R-L, 1 A-P, 2 S-I) the weights were last trained mirrored
+#: along (recipe ``augment.mirror_axes``); test-time augmentation flips only these and R-L.
+MIRROR_AXES_KEY = "mirror_axes"
 _KEY = "hermes"
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 
+from hermes_model.tasks.pairs import NO_PARTNER
 from hermes_model.training.augment import Augmenter
 from hermes_model.training.settings import AugmentConfig
 
@@ -96,3 +98,81 @@ def test_disabled_is_a_centre_crop() -> None:
     targets = _blobs(2, (8, 8, 8))
     out_image, out_targets = aug(image, targets, torch.zeros(2, dtype=torch.int64))
     assert torch.equal(out_image, image) and torch.equal(out_targets, targets)
+
+
+# -- left-right mirroring of paired tasks (issue 27) ------------------------------------------
+
+#: model task rows: 0 parotid_right, 1 parotid_left, 2 larynx (no side)
+PAIRED_TASKS = ["openkbp/parotid_right", "openkbp/parotid_left", "openkbp/larynx"]
+MIRROR_LR = AugmentConfig(
+    p_spatial=0.0, p_intensity={"ct": 0.0, "mr": 0.0}, mirror_axes=(0,), p_mirror=1.0
+)
+
+
+class _SideOracle(torch.nn.Module):
+    """Knows anatomy, not flips: a bright voxel on the patient's right half (RAS axis 0 runs
+    towards R, so the high half) is right parotid, on the left half left parotid; the larynx is
+    every bright voxel. Logits +-8."""
+
+    def forward(self, image: torch.Tensor, task_idx: torch.Tensor) -> torch.Tensor:
+        bright = image[:, 0] > 0
+        half = image.shape[2] // 2
+        right = torch.zeros_like(bright)
+        right[:, half:] = True
+        per_row = {0: bright & right, 1: bright & ~right, 2: bright}
+        out = torch.stack(
+            [torch.stack([per_row[int(t)][b] for t in task_idx[b]]) for b in range(len(task_idx))]
+        )
+        return out.float() * 16 - 8
+
+
+def _paired_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One patient: right parotid high on axis 0, left parotid low, larynx the union."""
+    targets = torch.zeros(2, 3, 16, 12, 10, dtype=torch.uint8)
+    targets[:, 0, 10:14, 3:8, 2:6] = 1
+    targets[:, 1, 2:5, 5:10, 4:9] = 1
+    targets[:, 2] = targets[:, 0] | targets[:, 1]
+    image = targets[:, 2:3].float() * 2 - 1
+    return image, targets, torch.tensor([[0, 1, 2], [1, 0, 2]])
+
+
+def test_a_mirrored_image_with_swapped_tasks_gives_the_same_loss_as_the_original() -> None:
+    from hermes_model.training.augment import mirror_partners
+    from hermes_model.training.losses import bce_dice_loss
+
+    image, targets, task_idx = _paired_batch()
+    targets_by_slot = torch.stack([targets[b, task_idx[b]] for b in range(2)])
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    oracle = _SideOracle()
+    original = bce_dice_loss(oracle(image, task_idx), targets_by_slot, mask).total
+    assert float(original) < 0.01  # the oracle is right on the original
+
+    partners, axis = mirror_partners(MIRROR_LR, "RAS", PAIRED_TASKS)
+    assert partners == [1, 0, 2] and axis == 0
+    aug = Augmenter(MIRROR_LR, (16, 12, 10), seed=0, partners=partners, left_right_axis=axis)
+    out_image, out_targets, out_tasks = aug.with_tasks(
+        image.clone(), targets_by_slot.clone(), torch.zeros(2, dtype=torch.long), task_idx
+    )
+    assert torch.equal(out_image, image.flip(2))  # p_mirror 1: every sample mirrored
+    assert torch.equal(out_tasks, torch.tensor([[1, 0, 2], [0, 1, 2]]))  # sides swapped
+    mirrored = bce_dice_loss(oracle(out_image, out_tasks), out_targets, mask).total
+    torch.testing.assert_close(mirrored, original)
+    # Without the swap, the flipped left parotid would be taught as a left one on the right.
+    unswapped = bce_dice_loss(oracle(out_image, task_idx), out_targets, mask).total
+    assert float(unswapped) > 1.0
+
+
+def test_left_right_mirroring_needs_every_partner() -> None:
+    from hermes_model.errors import ConfigError
+    from hermes_model.training.augment import mirror_partners
+
+    with pytest.raises(ConfigError, match="structseg/lung_right"):
+        mirror_partners(MIRROR_LR, "RAS", ["structseg/lung_left", "structseg/heart"])
+    # Mirroring only front-back, or no lateral task at all: nothing to swap, nothing refused.
+    front_back = dataclasses.replace(MIRROR_LR, mirror_axes=(1,))
+    assert mirror_partners(front_back, "RAS", ["structseg/lung_left"]) == ([NO_PARTNER], 0)
+    assert mirror_partners(MIRROR_LR, "RAS", ["hippocampus/anterior"]) == (None, 0)
+    aug = Augmenter(MIRROR_LR, (16, 12, 10), partners=[1, 0, 2])
+    image, targets, _ = _paired_batch()
+    with pytest.raises(ValueError, match="with_tasks"):
+        aug(image, targets, torch.zeros(2, dtype=torch.long))

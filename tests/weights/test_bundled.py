@@ -206,3 +206,37 @@ def test_hippocampus_weights_give_the_same_masks_as_before_parity() -> None:
         result = segmenter.segment(EXAMPLES / f"{case}.nii.gz", probabilities=False)
         labels = np.ascontiguousarray(result.labels().astype(np.uint8))
         assert hashlib.sha256(labels.tobytes()).hexdigest() == expected, case
+
+
+def test_tta_keeps_left_and_right_parotids_on_their_own_sides(segmenter: Segmenter) -> None:
+    """``--tta`` mirrors left-right; on those flips the network is asked for the other parotid
+    (issue 27), so each mask stays on its side and is as good as without TTA. The bundled model
+    trained without mirroring, so left-right is its only TTA flip (all 8 emptied the masks)."""
+    truth, meta = read_image(EXAMPLES / "labels" / f"{CT_CASES[0]}.nii.gz")
+    array, _ = read_image(EXAMPLES / f"{CT_CASES[0]}.nii.gz")
+    left, right = truth == 4, truth == 3  # OPENKBP: 3 parotid_right, 4 parotid_left
+    # The neck around both parotids (32 mm margin), to keep the test short.
+    both = np.argwhere(left | right)
+    low, high = np.maximum(both.min(0) - 8, 0), np.minimum(both.max(0) + 9, truth.shape)
+    box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+    affine = meta.affine.copy()
+    affine[:3, 3] += affine[:3, :3] @ low
+    crop = (np.ascontiguousarray(array[box]), ImageMeta.from_affine(affine, array[box].shape))
+    left, right = left[box], right[box]
+    parotids = ["openkbp/parotid_left", "openkbp/parotid_right"]
+    plain = segmenter.segment(crop, tasks=parotids)
+    result = Segmenter(device="cpu", engine="torch", precision="fp32", tta=True).segment(
+        crop, tasks=parotids
+    )
+    assert result.windows == 2 * plain.windows  # no flip and the left-right one
+
+    def world_x(mask: np.ndarray) -> float:  # RAS+: x grows towards the patient's right
+        centre = np.argwhere(mask).mean(axis=0)
+        return float((affine @ np.append(centre, 1.0))[0])
+
+    assert world_x(left) < world_x(right)  # the premise: the truth agrees with RAS
+    assert world_x(result.mask(parotids[0])) < world_x(result.mask(parotids[1]))
+    assert not (result.mask(parotids[0]) & result.mask(parotids[1])).any()
+    for task, truth_mask in zip(parotids, (left, right), strict=True):
+        with_tta, without = dice(result.mask(task), truth_mask), dice(plain.mask(task), truth_mask)
+        assert with_tta > 0.65 and with_tta > without - 0.05, (task, with_tta, without)
