@@ -352,6 +352,8 @@ def _check(r: Recipe) -> None:
     }
     if bad_weights := {k: v for k, v in r.loss.pos_weight.items() if v <= 0}:
         fail("loss.pos_weight", f"needs positive weights, got {bad_weights}")
+    if bad_weights := {k: v for k, v in r.train.foreground_weights.items() if v <= 0}:
+        fail("train.foreground_weights", f"needs positive weights, got {bad_weights}")
     for key, p in probabilities.items():
         if not 0 <= p <= 1 or (key in ("ema.decay", "validation.overlap") and p == 1):
             fail(key, f"must lie in [0, 1], got {p}")

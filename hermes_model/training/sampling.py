@@ -25,7 +25,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +131,9 @@ class MixedBatchSampler:
             of cases, i.e. a uniformly random training case (Algorithm 1).
         foreground_fraction: share of draws centred on a labelled voxel (exactly
             floor(n * fraction) of the first n draws).
+        foreground_weights: task id -> relative chance that a foreground draw centres on that
+            structure rather than another one the case has (default 1 each, i.e. uniform): a
+            weight of 4 on a rare structure oversamples it where it is contoured.
         seed: base seed. rank / world_size: DDP process; each rank draws its own stream.
     """
 
@@ -142,6 +145,7 @@ class MixedBatchSampler:
         *,
         weights: Sequence[float] | None = None,
         foreground_fraction: float = 0.33,
+        foreground_weights: Mapping[str, float] | None = None,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -163,6 +167,12 @@ class MixedBatchSampler:
         if len(patch_size) != 3 or min(patch_size) < 1:
             raise ConfigError(f"patch_size must be 3 positive sizes, got {tuple(patch_size)}")
         index = {t: i for i, t in enumerate(task_ids)}
+        self.foreground_weights = dict(foreground_weights or {})
+        if bad := {t: w for t, w in self.foreground_weights.items() if t not in index or w <= 0}:
+            raise ConfigError(
+                f"train.foreground_weights {bad}: each must name one of the model's tasks "
+                f"({list(task_ids)}) with a positive weight"
+            )
         self._task_idx, self._task_values = [], []
         for d in datasets:
             missing = [t for t in d.tasks if t not in index]
@@ -191,6 +201,11 @@ class MixedBatchSampler:
                 "tasks": task_ids,
                 "patch": self.patch_size,
                 "foreground_fraction": self.foreground_fraction,
+                **(
+                    {"foreground_weights": self.foreground_weights}
+                    if self.foreground_weights
+                    else {}
+                ),
             }
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -213,11 +228,18 @@ class MixedBatchSampler:
         )
         fg_row = -1
         if values and self._is_foreground(n):
-            value = values[int(rng.integers(len(values)))]
+            value = values[self._pick_structure(rng, [labels[v] for v in values])]
             first = sum(c for v, c in counts.items() if v < value)  # rows are sorted by value
             fg_row = first + int(rng.integers(counts[value]))
         u = rng.random(3)
         return PatchRequest(n, k, i, fg_row, (float(u[0]), float(u[1]), float(u[2])))
+
+    def _pick_structure(self, rng: np.random.Generator, tasks: list[str]) -> int:
+        """Which of a case's structures a foreground draw centres on (``foreground_weights``)."""
+        if not self.foreground_weights:
+            return int(rng.integers(len(tasks)))  # the stream of runs before the weights
+        weights = np.array([self.foreground_weights.get(t, 1.0) for t in tasks])
+        return int(rng.choice(len(tasks), p=weights / weights.sum()))
 
     def load(self, request: PatchRequest) -> Sample:
         """Read the patch of ``request`` (memory-mapped) and build its targets."""

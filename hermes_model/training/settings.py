@@ -95,6 +95,8 @@ class TrainSettings:
         with native bf16 where it measured faster (``engines.precision``); fp32 elsewhere.
     grad_clip: max global gradient norm; 0 = no clipping.
     foreground_fraction: share of patches centred on a labelled voxel.
+    foreground_weights: task id -> relative chance that a foreground patch centres on that
+        structure rather than another one its case has (default 1 each): oversamples rare ones.
     cache_dir / cache_dtype / cache_workers: preprocessing cache (see ``cache.py``).
     init_from: checkpoint to start from (path or weights name); empty = random init.
     trainable: ``all``, or ``new_tasks``: freeze everything but the prior tokens of tasks that
@@ -108,6 +110,7 @@ class TrainSettings:
     amp: str = "auto"
     grad_clip: float = 0.0
     foreground_fraction: float = 0.33
+    foreground_weights: Mapping[str, float] = field(default_factory=dict)
     cache_dir: str = "cache"
     cache_dtype: str = "float16"
     cache_workers: int = 2

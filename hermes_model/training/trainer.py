@@ -270,6 +270,7 @@ class Trainer:
         self.sampler = MixedBatchSampler(
             self.data.train, self.model.task_ids, self.augmenter.input_size,
             weights=[e.weight for e in r.datasets], foreground_fraction=r.train.foreground_fraction,
+            foreground_weights=r.train.foreground_weights,
             seed=r.seed, rank=ctx.rank, world_size=ctx.world_size, modalities=rows,
         )  # fmt: skip
         self.window = WindowSettings(

@@ -82,6 +82,23 @@ def test_foreground_patches_centre_only_on_mapped_labels(tmp_path: Path) -> None
     assert all(bool(sampler.sample().targets[0, 2, 2, 2]) for _ in range(40))
 
 
+def test_foreground_weights_oversample_a_structure(two_datasets: list[CachedDataset]) -> None:
+    a, n, patch = two_datasets[:1], 400, (4, 4, 4)
+
+    def posterior_share(**weights: float) -> float:
+        sampler = MixedBatchSampler(
+            a, TASKS, patch, foreground_fraction=1.0, seed=2, foreground_weights=weights
+        )
+        centres = [sampler.sample().targets[:, 2, 2, 2] for _ in range(n)]
+        assert all(bool(c.any()) for c in centres)  # still centred on a structure
+        return sum(bool(c[1]) for c in centres) / n
+
+    assert abs(posterior_share() - 0.5) < 0.08  # uniform over the two structures
+    assert abs(posterior_share(**{TASKS[1]: 4.0}) - 0.8) < 0.08  # 4 : 1
+    with pytest.raises(ConfigError, match="foreground_weights"):
+        MixedBatchSampler(a, TASKS, patch, foreground_weights={"openkbp/larynx": 2.0})
+
+
 def test_small_image_is_padded_with_its_minimum(tmp_path: Path) -> None:
     image = np.arange(5 * 6 * 4, dtype=np.float32).reshape(5, 6, 4) + 10.0
     label = np.zeros((5, 6, 4), np.uint8)
