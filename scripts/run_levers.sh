@@ -13,7 +13,7 @@ set -u
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-/work/runs/levers}
 CACHE=${CACHE:-/work/cache/train}
-LEVERS=${LEVERS:-v6 baseline mirror rare context}
+LEVERS=${LEVERS:-v6 baseline mirror rare deep context}
 mkdir -p "$RUNS"
 [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
 for lever in $LEVERS; do

@@ -117,6 +117,8 @@ def _capture(trainer: Trainer, position: int) -> TrainState | None:
     state.put("model", trainer.model.state_dict())
     if trainer.ema is not None:
         state.put("ema", trainer.ema.state_dict())
+    if trainer.supervised is not None:
+        state.put("deep_supervision", trainer.supervised.project.state_dict())
     tensors, optimizer_doc = flatten_optimizer(trainer.optimizer.state_dict())
     state.put("optimizer", tensors)
     for rank, blob in enumerate(blobs):
@@ -171,6 +173,8 @@ def resume(trainer: Trainer) -> None:
     trainer.scheduler.load_state_dict(doc["scheduler"])
     if trainer.ema is not None:
         trainer.ema.load_state_dict(state.section("ema"))
+    if trainer.supervised is not None:
+        trainer.supervised.project.load_state_dict(state.section("deep_supervision"))
     if doc["scaler"]:
         trainer.scaler.load_state_dict(doc["scaler"])
     trainer.sampler.load_state_dict(doc["sampler"])

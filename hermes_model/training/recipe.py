@@ -352,6 +352,8 @@ def _check(r: Recipe) -> None:
     }
     if bad_weights := {k: v for k, v in r.loss.pos_weight.items() if v <= 0}:
         fail("loss.pos_weight", f"needs positive weights, got {bad_weights}")
+    if any(w < 0 for w in r.loss.deep_supervision):
+        fail("loss.deep_supervision", f"needs weights >= 0, got {list(r.loss.deep_supervision)}")
     if bad_weights := {k: v for k, v in r.train.foreground_weights.items() if v <= 0}:
         fail("train.foreground_weights", f"needs positive weights, got {bad_weights}")
     for key, p in probabilities.items():

@@ -148,12 +148,15 @@ class LossSettings:
     """``dice_reduction``: "sample" (Dice per sample and task, the paper's equation) or "batch"
     (per task over the whole batch, nnU-Net's batch Dice; see ``losses.py``). ``pos_weight``:
     task id -> weight of that task's foreground voxels in the BCE term (default 1 for every
-    task; ``losses.py`` says when to raise it)."""
+    task; ``losses.py`` says when to raise it). ``deep_supervision``: loss weights of
+    auxiliary predictions at the decoder's 1/2, 1/4, ... scales (e.g. ``[0.5, 0.25]``; empty =
+    off; Hermes-R only; ``deep_supervision.py``)."""
 
     lambda_dice: float = 1.0
     dice_smooth: float = 1e-5
     dice_reduction: str = "sample"
     pos_weight: Mapping[str, float] = field(default_factory=dict)
+    deep_supervision: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from hermes_model.nets.hermes import SegmentationNet
 from hermes_model.pipeline.windows import WindowSettings
 from hermes_model.training import checkpointing, prepare
 from hermes_model.training.augment import Augmenter, mirror_partners
+from hermes_model.training.deep_supervision import DeepSupervised, deep_supervision_loss
 from hermes_model.training.distributed import DistContext, wrap_model
 from hermes_model.training.logbook import LiveView, RunLog, plot_curves
 from hermes_model.training.losses import LossTerms, bce_dice_loss
@@ -178,7 +179,9 @@ class Trainer:
             self._resume()
         self.runlog = RunLog(self.dir, self.iteration if resumed else None) if self.main else None
         find_unused = not _every_parameter_used(self.model.config)
-        self.net = wrap_model(self.model, context, find_unused)
+        self.net = wrap_model(
+            self.model if self.supervised is None else self.supervised, context, find_unused
+        )
 
     @property
     def main(self) -> bool:
@@ -238,6 +241,10 @@ class Trainer:
 
     def _build_optimisation(self) -> None:
         r = self.recipe
+        self.supervised = None  # auxiliary heads of deep supervision, trained and not exported
+        if r.loss.deep_supervision:
+            self.supervised = DeepSupervised(self.model, r.loss.deep_supervision).to(self.device)
+            self.trainable += list(self.supervised.project.parameters())
         self.optimizer = make_optimizer(self.trainable, r.optimizer)
         self.scheduler = make_scheduler(self.optimizer, r.schedule, max(1, self.total))
         self.ema = ModelEMA(self.model, r.ema.decay) if r.ema.enabled else None
@@ -356,17 +363,20 @@ class Trainer:
             dtype=self.amp_dtype or torch.float32,
             enabled=self.amp_dtype is not None,
         ):
-            logits = self.net(image, task_idx, batch.modality_idx)
-        terms = bce_dice_loss(
-            logits,
-            targets,
-            batch.loss_mask,
-            r.loss.lambda_dice,
-            r.loss.dice_smooth,
-            task_idx=task_idx,
-            reduction=r.loss.dice_reduction,
-            pos_weight=self._pair_pos_weights(task_idx),
-        )
+            out = self.net(image, task_idx, batch.modality_idx)
+
+        def loss(logits: torch.Tensor, truth: torch.Tensor) -> LossTerms:
+            return bce_dice_loss(
+                logits, truth, batch.loss_mask, r.loss.lambda_dice, r.loss.dice_smooth,
+                task_idx=task_idx, reduction=r.loss.dice_reduction,
+                pos_weight=self._pair_pos_weights(task_idx),
+            )  # fmt: skip
+
+        if self.supervised is None:
+            terms = loss(out, targets)
+        else:
+            logits, aux = out
+            terms = deep_supervision_loss(logits, aux, r.loss.deep_supervision, targets, loss)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()
         if r.train.grad_clip > 0:
