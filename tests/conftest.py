@@ -6,6 +6,7 @@ I/O code is tested against independent writers. Affines map voxel centres to RAS
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,27 +254,24 @@ def write_ct(path: Path, seed: int = 0, shape: tuple[int, int, int] = (24, 28, 2
     return write_nifti(path, image.astype(np.int16), AFFINES["anisotropic"])
 
 
-#: Set in the child pytest that runs the ``workers`` tests
-#: (tests/training/test_worker_processes.py).
-WORKER_TESTS_ENV = "HERMES_WORKER_TESTS"
+class _StackT(ctypes.Structure):
+    _fields_ = [
+        ("ss_sp", ctypes.c_void_p),
+        ("ss_flags", ctypes.c_int),
+        ("ss_size", ctypes.c_size_t),
+    ]
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that start DataLoader worker processes run in a fresh pytest of their own.
-
-    In one process, DataLoader workers plus OpenVINO running a Hermes network (the engine tests,
-    and every Segmenter whose auto engine is OpenVINO) ended in SIGSEGV of the whole process at
-    the next worker or subprocess start (openvino 2026.4, torch 2.13, AMX CPU). ``hermes train``
-    never runs OpenVINO and ``hermes segment`` starts no workers, so the CLI is not affected.
-    Here the ``workers`` tests are deselected and ``test_worker_processes.py`` (sorted first,
-    before anything loads OpenVINO) runs them in a child pytest.
-    """
-    import os
-
-    if os.environ.get(WORKER_TESTS_ENV) == "1":
-        return
-    workers = [item for item in items if item.get_closest_marker("workers") is not None]
-    if workers:
-        config.hook.pytest_deselected(items=workers)
-        items[:] = [item for item in items if item.get_closest_marker("workers") is None]
-    items.sort(key=lambda item: "test_worker_processes" not in item.nodeid)
+def signal_stack_is_usable() -> bool:
+    """Is this thread's alternate signal stack (``sigaltstack``, Linux) disabled or mapped? An
+    unmapped one kills the process at the next Python signal handler (``engines.openvino``)."""
+    stack = _StackT()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack)) == 0
+    if stack.ss_flags & 2:  # SS_DISABLE: handlers run on the normal stack
+        return True
+    start = stack.ss_sp or 0
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        low, high = (int(a, 16) for a in line.split()[0].split("-"))
+        if low <= start and start + stack.ss_size <= high:
+            return True
+    return False

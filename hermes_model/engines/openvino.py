@@ -9,11 +9,22 @@ OpenVINO's own compiled-blob cache sits inside the same entry.
 One converted model per input shape: batch, window and task-group length are fixed (static
 shapes compile to faster code); the task and modality indices stay inputs. A short last batch is
 padded to the batch size.
+
+One ``openvino.Core`` serves the whole process (:func:`_core`). Each Core makes its own CPU
+plugin, and the CPU plugin (openvino 2026.4) gives the thread that makes it a signal stack of its
+own (``sigaltstack``, room for AMX state); when released, it puts back the stack it found and
+unmaps its own. Two plugins released in the order they were made (one engine dropped before a
+second, or one engine's compiled networks for two task groups) leave the thread on an unmapped
+stack, and the next Python signal handler on it (CPython runs them on that stack) kills the
+process with SIGSEGV before it runs: a DataLoader's SIGCHLD handler at a worker's or a
+subprocess's exit, so training after segmenting died; SIGTERM or Ctrl-C would too. One plugin,
+made once and never released, cannot leave a dangling stack. Fork itself is not the problem.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import torch
@@ -50,6 +61,20 @@ def _import_openvino() -> Any:
             "(or use --engine torch)"
         ) from error
     return openvino
+
+
+_CORE_LOCK = threading.Lock()
+_CORE: Any = None
+
+
+def _core() -> Any:
+    """The process's one ``openvino.Core``, made on first use and never released (see the
+    module docstring: one CPU plugin, so no dangling signal stack)."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            _CORE = _import_openvino().Core()
+        return _CORE
 
 
 def convert(model: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> Any:
@@ -151,7 +176,7 @@ class OpenVINOEngine(Engine):
         # process and SIGSEGV (an AMX tile load) in a new one. Measured with a fresh cache, bf16
         # alone is finite (bench/engines.py).
         config["CACHE_DIR"] = str(folder / f"blobs-{_config_digest(config)}")
-        compiled = self.ov.Core().compile_model(str(xml), "CPU", config)
+        compiled = _core().compile_model(str(xml), "CPU", config)
         request = compiled.create_infer_request()
         self._requests[shape] = request
         seconds = time.perf_counter() - start

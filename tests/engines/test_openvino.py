@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import signal_stack_is_usable
 from typer.testing import CliRunner
 
 from hermes_model import create_model, save_checkpoint
@@ -61,6 +63,11 @@ def test_fp32_logits_match_torch_and_the_cache_is_reused_never_across_weights(
     keys = [json.loads((e / "key.json").read_text()) for e in entries.iterdir()]
     assert len(keys) == 2
     assert keys[0]["weights_sha256"] != keys[1]["weights_sha256"]
+    # Released in the order made, the engines leave a usable signal stack (one Core, one plugin).
+    del first, again, other
+    gc.collect()
+    if sys.platform == "linux":
+        assert signal_stack_is_usable()
 
 
 @needs_openvino
