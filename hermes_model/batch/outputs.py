@@ -20,9 +20,13 @@ type; the dropped mantissa bits compress away.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -135,21 +139,28 @@ def write_case(
     labels = result.labels()
     stems = postprocess.task_file_stems(result.task_ids)
     files: dict[str, str] = {}
-    with OutputUnit() as unit:
-        if "nifti" in options.formats:
-            path = folder / f"{case}.nii.gz"
-            unit.add(path, nifti_bytes(labels, meta, path))
+    images: dict[Path, Callable[[], bytes]] = {}  # in the order the unit gets them
+    label_map = folder / f"{case}.nii.gz" if "nifti" in options.formats else None
+    if label_map is not None:
+        images[label_map] = functools.partial(nifti_bytes, labels, meta, label_map)
+    for task in result.task_ids:
+        if options.split:
+            path = folder / case / f"{stems[task]}.nii.gz"
+            images[path] = functools.partial(_mask_bytes, result, task, meta, path)
+            files[task] = str(path.relative_to(folder))
+        if options.probabilities:
+            path = folder / case / f"{stems[task]}_probability.nii.gz"
+            images[path] = functools.partial(_probability_bytes, result, task, meta, path)
+    with OutputUnit() as unit, _pool(len(images)) as pool:
+        # Each file is encoded and compressed in its own thread (numpy and gzip release the
+        # GIL): one case's 16 files take about the time of the slowest few, not their sum.
+        encoded = {path: pool.submit(job) for path, job in images.items()}
+        if label_map is not None:  # the label map first, then DICOM, then per-task files
+            unit.add(label_map, encoded.pop(label_map).result())
         for path, payload in dicom:
             unit.add(path, payload)
-        for task in result.task_ids:
-            if options.split:
-                path = folder / case / f"{stems[task]}.nii.gz"
-                unit.add(path, nifti_bytes(result.mask(task), meta, path))
-                files[task] = str(path.relative_to(folder))
-            if options.probabilities:
-                path = folder / case / f"{stems[task]}_probability.nii.gz"
-                probability = result.probability(task)
-                unit.add(path, nifti_bytes(probability, meta, path, dtype=np.float32))
+        for path, job in encoded.items():
+            unit.add(path, job.result())
         if options.preview:
             png = preview_png(image, meta.affine, labels, result)
             unit.add(folder / f"{case}.png", png)
@@ -166,6 +177,25 @@ def write_case(
         text = json.dumps(legend, indent=2) + "\n"
         unit.add(folder / f"{case}.json", text.encode())
         return unit.commit()
+
+
+@contextlib.contextmanager
+def _pool(jobs: int) -> Iterator[ThreadPoolExecutor]:
+    """Threads for ``jobs`` files, one per CPU core at most; on an error the files not yet
+    started are dropped."""
+    pool = ThreadPoolExecutor(max(1, min(jobs, os.cpu_count() or 1)), "hermes-encode")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _mask_bytes(result: Any, task: str, meta: ImageMeta, path: Path) -> bytes:
+    return nifti_bytes(result.mask(task), meta, path)
+
+
+def _probability_bytes(result: Any, task: str, meta: ImageMeta, path: Path) -> bytes:
+    return nifti_bytes(result.probability(task), meta, path, dtype=np.float32)
 
 
 class StatsWriter:

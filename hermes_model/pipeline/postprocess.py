@@ -21,6 +21,7 @@ import torch
 
 from hermes_model import tasks as registry
 from hermes_model.io import write_bytes_atomically
+from hermes_model.pipeline import boxes
 from hermes_model.pipeline.components import largest_component_tensor
 from hermes_model.pipeline.preprocess import Prepared, restore
 from hermes_model.pipeline.result import SegmentationResult, label_dtype
@@ -60,6 +61,9 @@ class Outputs:
         label_map: (I, J, K) uint8 (int32 beyond 255 tasks), 0 = background.
         probabilities: (T, I, J, K) float16, or None.
         voxel_counts: task id -> voxels in its mask.
+
+    The input-grid arrays are in Fortran memory order (as NIfTI stores voxels) except on the
+    CPU with probabilities kept, where a transposing copy would cost more than it saves.
     """
 
     masks: torch.Tensor
@@ -103,34 +107,78 @@ def finalise(
     update the label map with the precedence of the module docstring. Outputs go to ``device``
     (default: the probabilities' device). The masks of the tasks in ``keep_largest`` keep only
     their largest connected component (``components``) before they enter the label map; their
-    probability maps are kept as they are.
+    probability maps are kept as they are. Without ``keep_probabilities``, on the CPU, each task
+    is restored only inside the box where it can reach ``threshold`` (``boxes``: the same values
+    there, bit for bit, so the same outputs).
     """
     device = device or probabilities.device
     shape = tuple(prepared.meta.shape)
     n = len(task_ids)
     label_torch = torch.uint8 if n <= 255 else torch.int32
-    label = torch.zeros(shape, dtype=label_torch, device=device)
-    best = torch.zeros(shape, dtype=torch.float32, device=device)
-    masks = torch.empty((n, *shape), dtype=torch.bool, device=device)
+    # Without probability maps, a CPU restore computes each task only inside its box (``boxes``),
+    # in Fortran order (the order NIfTI files store, so writing copies instead of gathering).
+    inside = _boxes_apply(probabilities, device, keep_probabilities)
+    if inside and tuple(probabilities.shape[1:]) != tuple(prepared.image.shape[1:]):
+        inside = False  # restore() refuses it with a clear message
+    layout = _fortran_zeros if inside else torch.zeros
+    label = layout(shape, dtype=label_torch, device=device)
+    best = layout(shape, dtype=torch.float32, device=device)
+    masks = (layout if inside else torch.empty)((n, *shape), dtype=torch.bool, device=device)
     kept = (
         torch.empty((n, *shape), dtype=torch.float16, device=device) if keep_probabilities else None
     )
     parents = _parents(task_ids)
     counts: dict[str, int] = {}
     for row in precedence_order(task_ids):
-        prob = restore(probabilities[row : row + 1], prepared)[0].to(device)
+        box: tuple[slice, ...] = (slice(None),) * 3
+        if inside:
+            restored = boxes.restore_box(
+                prepared.reorientation.invert(probabilities[row : row + 1])[0], shape, threshold
+            )
+            if restored is None:  # nowhere near the threshold: an empty mask
+                counts[task_ids[row]] = 0
+                continue
+            box, prob = restored[0], _fortran(restored[1])
+        else:
+            prob = restore(probabilities[row : row + 1], prepared)[0].to(device)
         half = prob.half()
         mask = half >= threshold  # the same test on the float16 maps users get: no disagreement
         if task_ids[row] in keep_largest:
-            mask = largest_component_tensor(mask)
-        masks[row] = mask
+            mask = largest_component_tensor(mask)  # the mask's box holds all of its components
+        masks[row][box] = mask
         if kept is not None:
             kept[row] = half
         del half
-        counts[task_ids[row]] = int(mask.sum())
-        best = _place(label, best, row, prob, mask, parents.get(row))
+        counts[task_ids[row]] = int(torch.count_nonzero(mask))
+        if inside:
+            best[box] = _place(label[box], best[box], row, prob, mask, parents.get(row))
+        else:
+            best = _place(label, best, row, prob, mask, parents.get(row))
         del prob
+    if torch.device(device).type != "cpu":  # a transposing copy costs nothing on a GPU
+        label, masks = _fortran(label), _fortran(masks)
+        kept = None if kept is None else _fortran(kept)
     return Outputs(masks, label, kept, {t: counts[t] for t in task_ids})
+
+
+def _fortran(tensor: torch.Tensor) -> torch.Tensor:
+    """The same tensor with its last three axes in Fortran memory order (a copy if needed)."""
+    swap = (*range(tensor.dim() - 3), tensor.dim() - 1, tensor.dim() - 2, tensor.dim() - 3)
+    return tensor.permute(swap).contiguous().permute(swap)
+
+
+def _fortran_zeros(shape: tuple[int, ...], **kwargs: Any) -> torch.Tensor:
+    """Zeros of ``shape`` whose last three axes are in Fortran memory order."""
+    swapped = (*shape[:-3], shape[-1], shape[-2], shape[-3])
+    swap = (*range(len(shape) - 3), len(shape) - 1, len(shape) - 2, len(shape) - 3)
+    return torch.zeros(swapped, **kwargs).permute(swap)
+
+
+def _boxes_apply(probabilities: torch.Tensor, device: torch.device, keep: bool) -> bool:
+    """Whether ``finalise`` restores inside boxes: only masks kept, float32 maps, all on the CPU,
+    and ``boxes`` reproduces this torch build's kernel (else the full restore, as always)."""
+    on_cpu = probabilities.device.type == "cpu" and torch.device(device).type == "cpu"
+    return not keep and on_cpu and probabilities.dtype == torch.float32 and boxes.matches_kernel()
 
 
 def _place(
