@@ -40,6 +40,7 @@ QUANTISATION: dict[str, Any] = {
     "fast_bias_correction": True,
     "ignored_types": ["MatMul", "MVN", "Add", "Multiply"],
     "model_type": None,
+    "input_convs_f32": False,
 }
 
 
@@ -132,6 +133,14 @@ def quantize(
     nncf_logger.setLevel(logging.WARNING)  # its progress bars and INFO lines are not ours
     try:
         q = QUANTISATION
+        names = [
+            op.get_friendly_name()
+            for op in ov_model.get_ordered_ops()
+            if q["input_convs_f32"]
+            and op.get_type_name() == "Convolution"
+            and op.input_value(0).get_node().get_type_name() == "Parameter"
+        ]
+        ignored = nncf.IgnoredScope(types=list(q["ignored_types"]), names=names, validate=False)
         return nncf.quantize(
             ov_model,
             nncf.Dataset(batches),
@@ -139,9 +148,7 @@ def quantize(
             subset_size=len(batches),
             fast_bias_correction=q["fast_bias_correction"],
             model_type=nncf.ModelType(q["model_type"]) if q["model_type"] else None,
-            ignored_scope=nncf.IgnoredScope(types=list(q["ignored_types"]), validate=False)
-            if q["ignored_types"]
-            else None,
+            ignored_scope=ignored,
         )
     finally:
         nncf_logger.setLevel(level)
