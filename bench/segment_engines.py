@@ -28,7 +28,7 @@ from hermes_model.engines.precision import cpu_native_bf16
 from hermes_model.pipeline.segmenter import Segmenter
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-VARIANTS = ("torch-fp32", "torch-bf16", "openvino-fp32", "openvino-bf16")
+VARIANTS = ("torch-fp32", "torch-bf16", "openvino-fp32", "openvino-bf16", "openvino-int8")
 
 
 def main() -> None:

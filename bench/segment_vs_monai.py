@@ -30,6 +30,11 @@ per machine. The pipelines alternate (Hermes, MONAI fp32, MONAI bf16, Hermes, ..
     python bench/segment_vs_monai.py --device cpu --preset hermes-r-small --size 192 --patch 96
     python bench/segment_vs_monai.py --device cpu --preset hermes-r-small --no-synthetic \
         --batch-size 2 --monai-precision fp32 bf16                     # the CPU target
+    python bench/segment_vs_monai.py --device cpu --preset hermes-r-small --no-synthetic \
+        --batch-size 2 --monai-precision fp32 --engine openvino --precision int8  # CPUs w/o AMX
+
+``--precision int8`` calibrates the random weights on two synthetic CTs (not the measured
+volumes): speed only, since random weights' masks mean nothing.
 """
 
 from __future__ import annotations
@@ -243,10 +248,11 @@ def main() -> None:
         real = REAL_CT / "chaos_ct_sample_0000.nii.gz"
         if real.is_file() and not args.no_real:
             volumes["CHAOS CT 512x512x78"] = real
+        warm = synthetic_ct(folder / "warm.nii.gz", 64)  # first-call costs (cuDNN, allocator)
         segmenter = Segmenter(weights, device=device, overlap=args.overlap,
                               batch_size=args.batch_size, engine=args.engine,
-                              precision=args.precision)  # fmt: skip
-        warm = synthetic_ct(folder / "warm.nii.gz", 64)  # first-call costs (cuDNN, allocator)
+                              precision=args.precision,
+                              calibration=_calibration(weights, args, folder))  # fmt: skip
         begin = time.perf_counter()
         run_hermes(segmenter, warm, folder / "warm-h")
         console.print(f"Hermes engine {segmenter.engine.describe()}; warm-up incl. one-off "
@@ -292,6 +298,19 @@ def main() -> None:
         rate = windows * flops / seconds / 1e12
         console.print(f"{name}: Hermes network {windows} windows x {flops / 1e12:.2f} TFLOP in "
                       f"{seconds:.2f} s = {rate:.1f} TFLOP/s effective")  # fmt: skip
+
+
+def _calibration(weights: Path, args: argparse.Namespace, folder: Path) -> Any:
+    """int8 of random weights: calibrated on synthetic CTs (speed only; the masks of random
+    weights mean nothing, and the accuracy guard is ``bench/precision_guard.py``)."""
+    if args.precision != "int8":
+        return None
+    from hermes_model.pipeline.calibration import calibration_from_scans
+
+    loaded = Segmenter(weights, device="cpu", engine="torch", precision="fp32")
+    scans = [synthetic_ct(folder / f"calibration{seed}.nii.gz", 96, seed) for seed in (1, 2)]
+    groups = {group: scans for group in loaded.task_groups}
+    return calibration_from_scans(loaded.model, loaded.preprocess, groups, "ct")
 
 
 def flops_per_window(model: Any, tasks: list[str], patch: int) -> float:

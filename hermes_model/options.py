@@ -10,4 +10,4 @@ __all__ = ["ENGINES", "PRECISION_CHOICES"]
 #: ``--engine``: ``auto`` picks the fastest installed engine measured safe on the device.
 ENGINES = ("auto", "torch", "openvino", "compile")
 #: ``--precision``: ``auto`` is decided per device, engine and model size.
-PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16", "int8")

@@ -85,10 +85,13 @@ Overlap = Annotated[
 Precision = Annotated[
     str,
     typer.Option(
-        help="auto, fp32, fp16 or bf16. Default auto: fp16 on CUDA (fastest); on a CPU with "
-        "native bf16 (AMX/AVX512-BF16) bf16 where it measured faster for the engine and model "
-        "size, else fp32. fp32 is slower and only marginally different; on CUDA it is IEEE "
-        "fp32 (TF32 off), the reference for comparing machines."
+        help="auto, fp32, fp16, bf16 or int8. Default auto: fp16 on CUDA (fastest); on a CPU "
+        "with native bf16 (AMX/AVX512-BF16) bf16 where it measured faster for the engine and "
+        "model size; int8 only for weights and CPUs where it passed the accuracy guard and "
+        "measured faster (docs/int8.md); else fp32. int8: engine openvino + NNCF, calibrated "
+        "once per machine on the weights' own training cases (minutes; cached). fp32 is slower "
+        "and only marginally different; on CUDA it is IEEE fp32 (TF32 off), the reference for "
+        "comparing machines."
     ),
 ]
 EngineChoice = enum.Enum("EngineChoice", {e.upper(): e for e in ENGINES}, type=str)  # type: ignore[misc]

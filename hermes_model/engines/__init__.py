@@ -4,7 +4,8 @@
 engine     devices                what it is
 =========  =====================  ==========================================================
 torch      every device           eager PyTorch (autocast fp16/bf16); the reference
-openvino   Intel / AMD CPUs       OpenVINO-compiled network, cached; ``[openvino]`` extra
+openvino   Intel / AMD CPUs       OpenVINO-compiled network, cached; ``[openvino]`` extra;
+                                  the only engine with int8 (``engines.int8``, NNCF)
 compile    CUDA (CPU works)       ``torch.compile`` for the fixed window, CUDA graphs on CUDA
 auto       —                      :func:`choose_engine`
 =========  =====================  ==========================================================
@@ -21,6 +22,7 @@ import torch
 
 from hermes_model.engines.base import Engine, TorchEngine
 from hermes_model.engines.compiled import CompiledEngine
+from hermes_model.engines.int8 import Calibration
 from hermes_model.engines.openvino import INSTALL_HINT, OpenVINOEngine, openvino_available
 from hermes_model.engines.precision import (
     PRECISIONS,
@@ -35,6 +37,7 @@ __all__ = [
     "ENGINES",
     "INSTALL_HINT",
     "PRECISIONS",
+    "Calibration",
     "CompiledEngine",
     "Engine",
     "OpenVINOEngine",
@@ -67,11 +70,13 @@ def make_engine(
     device: torch.device | str,
     precision: str = "auto",
     batch_size: int = 1,
+    calibration: Calibration | None = None,
 ) -> Engine:
     """The engine ``name`` (:data:`ENGINES`) running ``model`` on ``device``.
 
     Raises ConfigError for an unknown engine, an engine that cannot run on the device, or an
     optional extra that is not installed (the message names the pip command).
+    ``calibration``: int8 calibration windows (``pipeline.calibration``), openvino only.
     """
     device = torch.device(device)
     if name not in ENGINES:
@@ -79,7 +84,9 @@ def make_engine(
     if name == "auto":
         name = choose_engine(device)
     if name == "openvino":
-        return OpenVINOEngine(model, device, precision, batch_size=batch_size)
+        return OpenVINOEngine(
+            model, device, precision, batch_size=batch_size, calibration=calibration
+        )
     if name == "compile":
         return CompiledEngine(model, device, precision, batch_size=batch_size)
     return TorchEngine(model, device, precision)

@@ -24,8 +24,12 @@ made once and never released, cannot leave a dangling stack. Fork itself is not 
 from __future__ import annotations
 
 import os
+<<<<<<< HEAD
 import threading
 from typing import Any
+=======
+from typing import Any, cast
+>>>>>>> int8
 
 import torch
 
@@ -36,13 +40,15 @@ from hermes_model.engines.cache import (
     seal,
     weights_digest,
 )
+from hermes_model.engines.int8 import QUANTISATION, Calibration, quantize
 from hermes_model.engines.precision import resolve_precision
 from hermes_model.errors import ConfigError
 
 __all__ = ["INSTALL_HINT", "OpenVINOEngine", "convert", "openvino_available"]
 
 INSTALL_HINT = 'pip install "hermes-seg[openvino]"'
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+#: INFERENCE_PRECISION_HINT per precision; int8 runs what NNCF did not quantise in f32.
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 def openvino_available() -> bool:
@@ -101,7 +107,11 @@ def _config_digest(config: dict[str, Any]) -> str:
 
 
 class OpenVINOEngine(Engine):
-    """The network compiled by OpenVINO for the CPU, fp32 or bf16 (module docstring)."""
+    """The network compiled by OpenVINO for the CPU, fp32, bf16 or int8 (module docstring).
+
+    ``calibration``: where int8 gets its calibration windows (``pipeline.calibration``); int8
+    without it, or for a task group it does not cover, is a ConfigError.
+    """
 
     name = "openvino"
 
@@ -112,15 +122,19 @@ class OpenVINOEngine(Engine):
         precision: str = "auto",
         batch_size: int = 1,
         threads: int | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         device = torch.device(device)
         if device.type != "cpu":
             raise ConfigError(f"engine openvino runs on the CPU, not {device}; use --engine torch")
-        precision = resolve_precision(precision, device, self.name, model)
+        precision = resolve_precision(precision, device, self.name, model, calibration is not None)
         if precision not in _OV_PRECISION:
-            raise ConfigError(f"engine openvino supports fp32 and bf16, not {precision}")
+            raise ConfigError(f"engine openvino supports fp32, bf16 and int8, not {precision}")
         super().__init__(model, device, precision)
         self.ov = _import_openvino()
+        self.calibration = calibration
+        if precision == "int8":
+            _int8_ready(calibration)
         self.batch_size = batch_size
         self.threads = threads or torch.get_num_threads()
         self._digest: tuple[str, str] | None = None
@@ -131,7 +145,7 @@ class OpenVINOEngine(Engine):
     def _key(self, image: torch.Tensor, task_idx: torch.Tensor) -> dict[str, Any]:
         if self._digest is None:
             self._digest = (weights_digest(self.model), network_source_digest(self.model))
-        return {
+        key = {
             "weights_sha256": self._digest[0],
             "network_source_sha256": self._digest[1],
             "image": [self.batch_size, *image.shape[1:]],
@@ -139,6 +153,31 @@ class OpenVINOEngine(Engine):
             "openvino": self.ov.__version__,
             "torch": torch.__version__,
         }
+        if self.precision == "int8":
+            import nncf
+
+            group = self._group(task_idx)
+            window = (int(image.shape[2]), int(image.shape[3]), int(image.shape[4]))
+            assert self.calibration is not None  # checked in __init__
+            key["int8"] = {
+                "nncf": nncf.__version__,
+                "quantisation": QUANTISATION,
+                "calibration": self.calibration.identity(group, window),
+            }
+        return key
+
+    def _group(self, task_idx: torch.Tensor) -> str:
+        """The calibration group of a window's task group; ConfigError if it has none."""
+        names = cast(list[str], self.model.task_ids)
+        ids = tuple(names[int(t)] for t in task_idx[0].tolist())
+        group = None if self.calibration is None else self.calibration.groups.get(ids)
+        if group is None:
+            raise ConfigError(
+                f"precision int8: no calibration data for the task group {', '.join(ids)} (int8 "
+                "is calibrated on the training cases of the weights' own datasets, which are not "
+                "on this machine or not named by the weights); use --precision fp32"
+            )
+        return group
 
     def _request(self, image: torch.Tensor, task_idx: torch.Tensor) -> Any:
         import time
@@ -158,7 +197,13 @@ class OpenVINOEngine(Engine):
                 task_idx[:1].expand(n, -1).contiguous(),
                 torch.zeros(n, dtype=torch.long),
             )
-            self.ov.save_model(convert(self.model, example), xml, compress_to_fp16=False)
+            ov_model = convert(self.model, example)
+            if self.precision == "int8":
+                window = (int(image.shape[2]), int(image.shape[3]), int(image.shape[4]))
+                assert self.calibration is not None  # checked in __init__
+                samples = self.calibration.load(self._group(task_idx), window)
+                ov_model = quantize(ov_model, samples, task_idx[0], n)
+            self.ov.save_model(ov_model, xml, compress_to_fp16=False)
             seal(folder, key)
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
@@ -196,3 +241,16 @@ class OpenVINOEngine(Engine):
         ]
         request.infer(inputs)
         return torch.from_numpy(request.get_output_tensor(0).data.copy())[:n]
+
+
+def _int8_ready(calibration: Calibration | None) -> None:
+    """Refuse int8 early, in one line, when NNCF or any calibration data is missing."""
+    from hermes_model.engines.int8 import _import_nncf
+
+    _import_nncf()
+    if calibration is None:
+        raise ConfigError(
+            "precision int8 needs calibration data: the training cases of the weights' own "
+            "datasets (named in their provenance), which are not on this machine or not named "
+            "by these weights; use --precision fp32"
+        )

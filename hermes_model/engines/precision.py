@@ -7,6 +7,10 @@ Accumulation and everything after the network are always float32; only the netwo
   ``avx512_bf16``): bf16 where :data:`CPU_BF16_FASTER` says it measured faster for the engine
   and the model size; fp32 otherwise. CPUs without native bf16 (most users' laptops and many
   cluster nodes) emulate it and are slower: fp32 there.
+- CPU without native bf16 (AVX2 only), engine ``openvino``: int8 (``engines.int8``) where
+  :data:`CPU_INT8_FASTER` says it measured faster for the model size, the weights passed the
+  accuracy guard (:data:`INT8_GUARDED`) and their calibration data is on this machine; fp32
+  otherwise.
 - MPS and anything else: fp32.
 """
 
@@ -25,6 +29,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CPU_BF16_FASTER",
+    "CPU_INT8_FASTER",
+    "INT8_GUARDED",
     "PRECISIONS",
     "autocast_dtype",
     "autocast_dtype_of",
@@ -39,6 +45,7 @@ PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None,
     "fp16": torch.float16,
     "bf16": torch.bfloat16,
+    "int8": None,  # not an autocast dtype: OpenVINO + NNCF only (engines.int8)
 }
 
 #: Does bf16 pass the accuracy guard *and* run faster than fp32, on a CPU with native bf16, per
@@ -86,6 +93,38 @@ CPU_BF16_FASTER: dict[tuple[str, str], bool] = {
     ("openvino", "small"): True,
     ("openvino", "base"): True,
 }
+
+
+#: Does int8 (OpenVINO + NNCF, ``engines.int8``) run faster than OpenVINO fp32, on a CPU
+#: *without* native bf16, per (engine, model size)? Measured on an AMD EPYC Zen 2 (AVX2 and FMA;
+#: no AVX512, VNNI or AMX), 2 cores shared with other work (load 8-15), 2026-12-04, one thread,
+#: the bundled model (small), seconds per scan, ratios from runs in one process:
+#:
+#: - NNCF defaults: ``examples/openkbp_286`` 98.0 -> 56.0 s (1.75x), ``hippocampus_001``
+#:   2.27 -> 1.51 s (1.50x) against OpenVINO fp32;
+#: - the shipped settings (``int8.QUANTISATION``), network seconds of ``bench/precision_guard.py``
+#:   on ``openkbp_202``: torch fp32 216 s, OpenVINO int8 103 s (2.1x).
+#:
+#: -> faster for small. Base is not measured: not chosen. See docs/int8.md.
+CPU_INT8_FASTER: dict[tuple[str, str], bool] = {("openvino", "small"): True}
+
+#: Weights (``engines.cache.weights_digest``, the sha256 of their tensors) whose int8 masks
+#: passed the accuracy guard of ``bench/precision_guard.py`` on the val splits of every dataset
+#: they were trained on (<= 0.5% of torch fp32's foreground changed, no task's Dice lower by
+#: more than 0.005). Only these may get int8 from ``auto``. None today: the bundled
+#: ``universal-hermes-r`` (965d9a41...) passes on hippocampus val (20 cases: 0.465% changed, Dice
+#: -0.0002 / +0.0002) and fails on OpenKBP val (first 3 cases: 9.3% of the foreground changed,
+#: mandible Dice -0.013; docs/int8.md), so ``auto`` keeps fp32 on CPUs without native bf16.
+INT8_GUARDED: dict[str, str] = {}
+
+
+def _int8_chosen(engine: str, model: torch.nn.Module | None) -> bool:
+    """``auto`` on a CPU without native bf16: int8 measured faster *and* these weights guarded."""
+    if model is None or not CPU_INT8_FASTER.get((engine, model_size(model)), False):
+        return False
+    from hermes_model.engines.cache import weights_digest
+
+    return weights_digest(model) in INT8_GUARDED
 
 
 @functools.cache
@@ -142,11 +181,17 @@ def model_size(model: torch.nn.Module | None) -> str:
 
 
 def resolve_precision(
-    precision: str, device: torch.device, engine: str, model: torch.nn.Module | None = None
+    precision: str,
+    device: torch.device,
+    engine: str,
+    model: torch.nn.Module | None = None,
+    calibrated: bool = False,
 ) -> str:
-    """``fp32``, ``fp16`` or ``bf16`` for ``precision`` (``auto`` or one of those) (docstring).
+    """``fp32``, ``fp16``, ``bf16`` or ``int8`` for ``precision`` (``auto`` or one of those)
+    (module docstring). ``calibrated``: int8 calibration data exists for ``model``.
 
-    Raises ConfigError for an unknown precision, and for fp16 on the CPU (no fast kernels).
+    Raises ConfigError for an unknown precision, fp16 on the CPU (no fast kernels), and int8
+    anywhere but engine openvino on the CPU.
     """
     if precision == "auto":
         if device.type == "cuda":
@@ -154,11 +199,18 @@ def resolve_precision(
         if device.type == "cpu" and cpu_native_bf16():
             faster = CPU_BF16_FASTER.get((engine, model_size(model)), False)
             return "bf16" if faster else "fp32"
+        if device.type == "cpu" and calibrated and _int8_chosen(engine, model):
+            return "int8"
         return "fp32"
     if precision not in PRECISIONS:
-        raise OptionError(f"unknown precision {precision!r}; use auto, fp32, fp16 or bf16")
+        raise OptionError(f"unknown precision {precision!r}; use auto, fp32, fp16, bf16 or int8")
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("precision fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    if precision == "int8" and (engine != "openvino" or device.type != "cpu"):
+        raise ConfigError(
+            f"precision int8 runs only with --engine openvino on the CPU, not engine {engine} "
+            f"on {device.type}; use --engine openvino --device cpu, or another precision"
+        )
     if precision == "bf16" and device.type == "cpu" and engine != "openvino":
         _warn_if_emulated("--precision bf16", "inference")
     return precision

@@ -26,7 +26,7 @@ import torch
 from hermes_model import tasks as registry
 from hermes_model.config import PreprocessConfig
 from hermes_model.device import StageClock, plan_memory, resolve_device
-from hermes_model.engines import Engine, make_engine
+from hermes_model.engines import Calibration, Engine, make_engine
 from hermes_model.errors import ConfigError, OptionError, TaskError, WeightsError
 from hermes_model.io import ImageMeta, read_image
 from hermes_model.pipeline import components, postprocess
@@ -67,8 +67,10 @@ class Segmenter:
         tta: mirror test-time augmentation: left-right (paired tasks swapped) and the axes the
             weights trained mirrored along (2x to 8x slower; ``pipeline.predictor``).
         precision: ``auto`` (``engines.precision``: fp16 on CUDA; bf16 on CPUs with native bf16
-            where it measured faster for the engine and model size; else fp32), ``fp32``,
-            ``fp16``, ``bf16``.
+            where it measured faster for the engine and model size; int8 on CPUs without it where
+            int8 passed the guard for these weights and measured faster; else fp32), ``fp32``,
+            ``fp16``, ``bf16``, ``int8`` (engine openvino; calibrated on the training cases of
+            the weights' own datasets, ``pipeline.calibration``).
         engine: ``auto``, ``torch``, ``openvino`` or ``compile`` (``engines``).
         skip_background: do not run windows holding only background (``windows``); the masks
             are the same, the time is not.
@@ -77,6 +79,9 @@ class Segmenter:
         largest_component: tasks whose mask keeps only its largest connected component
             (``components``): ``auto`` (those the weights record as chosen on validation),
             ``all``, ``none`` or a list of task ids.
+        calibration: int8 calibration windows; None finds the training cases of the weights'
+            own datasets (``pipeline.calibration``; ``calibration_from_scans`` for weights
+            whose training data is not here).
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class Segmenter:
         skip_background: bool = True,
         norm_region: str | None = None,
         largest_component: str | Sequence[str] = "auto",
+        calibration: Calibration | None = None,
     ) -> None:
         from hermes_model.weights.checkpoint import load_checkpoint
         from hermes_model.weights.hub import resolve_weights
@@ -119,7 +125,13 @@ class Segmenter:
         if batch_size is not None and batch_size < 1:
             raise OptionError(f"batch size must be at least 1, got {batch_size}")
         batch = batch_size if batch_size is not None else (2 if self.device.type == "cpu" else 4)
-        self.engine: Engine = make_engine(engine, self.model, self.device, precision, batch)
+        if calibration is None and precision in ("int8", "auto") and self.device.type == "cpu":
+            from hermes_model.pipeline.calibration import calibration_for
+
+            calibration = calibration_for(self.model, self.preprocess)  # reads no image yet
+        self.engine: Engine = make_engine(
+            engine, self.model, self.device, precision, batch, calibration
+        )
         self.settings = WindowSettings(
             patch_size=self.preprocess.patch_size,
             overlap=overlap,

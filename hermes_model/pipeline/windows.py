@@ -66,7 +66,8 @@ class WindowSettings:
         overlap: fraction of the window shared by neighbouring windows, in [0, 1).
         batch_size: windows per forward pass.
         tta: average over mirror flips (``predictor``: up to 8x slower; smoother masks).
-        precision: ``auto``, ``fp32``, ``fp16`` or ``bf16`` (``engines.resolve_precision``).
+        precision: ``auto``, ``fp32``, ``fp16``, ``bf16`` or ``int8``
+            (``engines.resolve_precision``).
         skip_background: do not run windows that hold only background (module docstring).
     """
 
@@ -83,7 +84,9 @@ class WindowSettings:
         if self.batch_size < 1:
             raise OptionError(f"batch size must be at least 1, got {self.batch_size}")
         if self.precision not in ("auto", *PRECISIONS):
-            raise OptionError(f"unknown precision {self.precision!r}; use auto, fp32, fp16 or bf16")
+            raise OptionError(
+                f"unknown precision {self.precision!r}; use auto, fp32, fp16, bf16 or int8"
+            )
 
     @property
     def window(self) -> tuple[int, int, int]:

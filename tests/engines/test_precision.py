@@ -123,3 +123,22 @@ def test_fp32_on_cuda_turns_tf32_off_and_other_precisions_leave_it() -> None:
         assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
     finally:
         conv.fp32_precision, matmul.fp32_precision = before
+
+
+def test_auto_picks_int8_only_for_guarded_faster_calibrated_openvino_without_native_bf16(
+    monkeypatch: pytest.MonkeyPatch, small: torch.nn.Module
+) -> None:
+    from hermes_model.engines.cache import weights_digest
+
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "CPU_INT8_FASTER", {("openvino", "small"): True})
+    monkeypatch.setattr(precision, "INT8_GUARDED", {weights_digest(small): "test weights"})
+    assert precision.resolve_precision("auto", CPU, "openvino", small, calibrated=True) == "int8"
+    assert precision.resolve_precision("auto", CPU, "openvino", small, calibrated=False) == "fp32"
+    assert precision.resolve_precision("auto", CPU, "torch", small, calibrated=True) == "fp32"
+    other = create_model("tiny", tasks=["amos/liver"])  # other random weights: never guarded
+    assert precision.resolve_precision("auto", CPU, "openvino", other, calibrated=True) == "fp32"
+    monkeypatch.setattr(precision, "CPU_INT8_FASTER", {("openvino", "small"): False})
+    assert precision.resolve_precision("auto", CPU, "openvino", small, calibrated=True) == "fp32"
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)  # bf16's table rules there
+    assert precision.resolve_precision("auto", CPU, "openvino", small, calibrated=True) == "bf16"
