@@ -24,12 +24,8 @@ made once and never released, cannot leave a dangling stack. Fork itself is not 
 from __future__ import annotations
 
 import os
-<<<<<<< HEAD
 import threading
-from typing import Any
-=======
 from typing import Any, cast
->>>>>>> int8
 
 import torch
 
