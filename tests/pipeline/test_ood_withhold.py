@@ -30,7 +30,7 @@ def segmenter() -> Segmenter:
     return Segmenter(None, device="cpu", engine="torch", precision="fp32")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def chaos(data_dir: Path) -> Path:
     return data_dir / "chaos_ct_liver" / "chaos_ct_sample_0000.nii.gz"
 
