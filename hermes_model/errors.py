@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "HermesError",
     "InputError",
+    "OutOfDistributionError",
     "TaskError",
     "WeightsError",
     "OutputError",
@@ -29,6 +30,16 @@ class InputError(HermesError):
     """An input image or path is missing, unreadable, corrupt or unusable."""
 
     exit_code = 3
+
+
+class OutOfDistributionError(InputError):
+    """A scan far outside the training data of every task group asked for: nothing is segmented
+    (``pipeline.ood``; ``force`` / ``--force`` segments it anyway, with a warning).
+    ``lines``: one line per task group far outside; ``tasks``: the tasks withheld."""
+
+    def __init__(self, lines: list[str], tasks: list[str]) -> None:
+        super().__init__(" ".join(lines))
+        self.lines, self.tasks = list(lines), list(tasks)
 
 
 class TaskError(HermesError):
@@ -77,7 +88,8 @@ EXIT_CODES: dict[int, str] = {
     1: "some cases of a batch failed (the others were written; see the summary table)",
     2: "bad command-line usage: unknown option, missing argument, or an option value out of its "
     'range, empty or not one of its choices (e.g. --batch-size 0, --tasks "")',
-    3: "input error: missing, unreadable, corrupt or unusable image",
+    3: "input error: missing, unreadable, corrupt or unusable image, or one far outside the "
+    "training data of every task group asked for (no masks; --force segments it anyway)",
     4: "task error: unknown task, dataset or modality",
     5: "weights error: not found, checksum mismatch, offline and not cached, incompatible",
     6: "output error: the output folder or file cannot be written",

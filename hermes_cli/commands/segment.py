@@ -195,6 +195,16 @@ NormRegion = Annotated[
         "authors' imported Hermes-R."
     ),
 ]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Keep the masks of a task group even for a scan far outside its training data "
+        "(body region, size, resolution or intensities unlike every training scan; docs/ood.md)"
+        ". Default off: those masks are withheld, with a warning in the summary and legend; a "
+        "scan left with none fails (exit 3).",
+    ),
+]
 
 
 class _Bars:
@@ -249,9 +259,8 @@ def _summary(report: BatchReport) -> Table:
                 f"{task.split('/')[-1]} {ml:.1f}" for task, ml in case.volumes_ml.items()
             )
         )
-        if case.out_of_distribution:  # one line: the scan is unlike the training data
-            first = case.out_of_distribution[0].split(": ", 1)[-1]
-            detail += f"\n[yellow]warning: {first}[/]"
+        for line in case.out_of_distribution:  # far outside a group's training data
+            detail += f"\n[yellow]warning: {line.split(': ', 1)[-1]}[/]"
         style = {"failed": "red", "skipped": "dim"}.get(case.status, "green")
         table.add_row(case.case, f"[{style}]{case.status}[/]", f"{case.seconds:.1f}", detail)
     return table
@@ -265,7 +274,8 @@ def segment_command(
     skip_existing: SkipExisting = False, shard: Shard = None, tta: Tta = False,
     engine: Engine = EngineChoice.AUTO,  # type: ignore[attr-defined]
     norm_region: NormRegion = None, formats: Formats = None, report_page: Report = None,
-    largest_component: LargestComponentOption = "auto", debug: DebugOption = False,
+    largest_component: LargestComponentOption = "auto", force: Force = False,
+    debug: DebugOption = False,
 ) -> None:  # fmt: skip
     """Segment CT/MR scans: a label map + JSON legend per case, optional masks, stats, previews."""
     with handle_errors(debug):
@@ -282,7 +292,7 @@ def segment_command(
             stats=stats, skip_existing=skip_existing,
             shard=parse_shard(shard) if shard else None, engine=engine.value,
             norm_region=norm_region, formats=parse_formats(formats), report=report_page,
-            largest_component=largest_component,
+            largest_component=largest_component, force=force,
         )  # fmt: skip
         bars = _Bars(debug)
         with bars.progress:

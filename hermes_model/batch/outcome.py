@@ -37,6 +37,8 @@ class BatchOptions:
             the weights record, ``all``, ``none`` or comma-separated task names).
         formats: label-map formats, any of ``dicom_out.FORMATS`` (DICOM ones need DICOM input).
         report: an HTML page for the batch (``hermes_model.batch.report``), thumbnails beside it.
+        force: keep the masks of task groups the scan is far outside the training data of
+            (``pipeline.ood``; withheld by default, and a case left with none fails, exit 3).
     """
 
     output_dir: Path
@@ -59,6 +61,7 @@ class BatchOptions:
     largest_component: str = "auto"
     formats: tuple[str, ...] = ("nifti",)
     report: Path | None = None
+    force: bool = False
 
 
 @dataclass
@@ -78,7 +81,7 @@ class CaseReport:
     rows: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     error: BaseException | None = field(default=None, repr=False)
-    #: :func:`hermes_model.pipeline.ood.check_scan` lines (also in ``warnings``).
+    #: Out-of-distribution lines (``pipeline.ood``; also in ``warnings``).
     out_of_distribution: list[str] = field(default_factory=list)
 
 

@@ -25,7 +25,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -121,13 +121,12 @@ def write_case(
     result: Any,
     image: np.ndarray,
     options: BatchOptions,
-    out_of_distribution: Sequence[str] = (),
 ) -> list[Path]:
     """Write one case's outputs (module docstring), the JSON legend last. Returns the paths.
 
     ``result`` is a :class:`hermes_model.pipeline.result.SegmentationResult`; ``image`` the input
-    array (for the preview); ``out_of_distribution`` the scan's :func:`ood.check_scan` lines
-    (also among ``result.warnings``), kept apart in the legend.
+    array (for the preview). The legend keeps the result's out-of-distribution lines (also
+    among its warnings) and withheld tasks apart (``postprocess.legend``).
     """
     from hermes_model.io.dicom_out import case_outputs
     from hermes_model.pipeline import postprocess
@@ -173,7 +172,6 @@ def write_case(
         legend = postprocess.legend(result, input_file, files)
         legend["outputs"] = [str(p.relative_to(folder)) for p in inside]
         legend["written"] = {str(p.relative_to(folder)): d for p, d in inside.items()}
-        legend["out_of_distribution"] = list(out_of_distribution)
         text = json.dumps(legend, indent=2) + "\n"
         unit.add(folder / f"{case}.json", text.encode())
         return unit.commit()

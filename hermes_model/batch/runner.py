@@ -37,7 +37,6 @@ from hermes_model.batch.outputs import (
 )
 from hermes_model.errors import ConfigError, HermesError, OptionError
 from hermes_model.io import ImageMeta, case_name, find_images, is_dicom_case, read_image
-from hermes_model.pipeline.ood import check_scan
 
 __all__ = ["check_values", "parse_shard", "shard_cases", "segment_files"]
 
@@ -247,12 +246,7 @@ class _Pipeline:
             failed.set_result(_failure(case, path, error, time.perf_counter() - start))
             return failed
         result.timings["read"] = read_seconds
-        if hasattr(self.segmenter, "out_of_distribution"):
-            unlike = self.segmenter.out_of_distribution(array, meta, result)
-        else:  # a stand-in segmenter (tests, benchmarks): its model's statistics, if any
-            metadata = getattr(getattr(self.segmenter, "model", None), "metadata", None) or {}
-            unlike = check_scan(array, meta, result.modality, metadata, result.task_ids)
-        result.warnings.extend(unlike)
+        unlike = list(result.out_of_distribution)  # also among its warnings (pipeline.ood)
         result = result.to("cpu")  # frees the device for the next case; the writer is CPU-only
         compute = time.perf_counter() - start
 
@@ -260,7 +254,7 @@ class _Pipeline:
             from hermes_model.pipeline.postprocess import stats_rows
 
             begin = time.perf_counter()
-            outputs = write_case(case, str(path), result, array, self.options, unlike)
+            outputs = write_case(case, str(path), result, array, self.options)
             result.timings["write"] = time.perf_counter() - begin
             return CaseReport(
                 case, str(path), "done", seconds=compute + result.timings["write"],
@@ -308,6 +302,7 @@ def _segmenter(options: BatchOptions) -> Any:
         "device": options.device, "overlap": options.overlap, "batch_size": options.batch_size,
         "tta": options.tta, "precision": options.precision, "engine": options.engine,
         "norm_region": options.norm_region, "largest_component": options.largest_component,
+        "force": options.force,
     }  # fmt: skip
     if options.weights is None and options.tasks:
         return RoutedSegmenter(options.tasks, **settings)

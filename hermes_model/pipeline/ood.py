@@ -1,33 +1,44 @@
-"""Out-of-distribution checks: is this scan unlike every scan a task group was trained on?
+"""Out-of-distribution checks: is this scan, as the model sees it, unlike a group's training scans?
 
 A checkpoint may record, under its metadata key ``"training_statistics"``, per task group (the
-keys of its ``task_groups``) what its training scans looked like::
+keys of its ``task_groups``) what its training scans looked like (``"version": 2``)::
 
-    {"hippocampus": {
-        "cases": 188, "split": "train", "modality": "mr", "card": "hippocampus",
-        "spacing_mm": {"min": [1, 1, 1], "max": [1, 1, 1]},          # per world axis R, A, S
-        "fov_mm": {"min": [31, 40, 24], "max": [43, 59, 45]},        # per world axis R, A, S
-        "intensity": {"percentiles": [1, 50, 99], "units": "z",     # "HU" for CT
-                      "min": [...], "max": [...]}}}
+    {"openkbp": {
+        "version": 2, "cases": 166, "split": "train", "modality": "ct", "card": "openkbp",
+        "range_percentiles": [2, 98],
+        "spacing_mm": {"low": [...], "high": [...], "min": [...], "max": [...]},  # world R, A, S
+        "fov_mm": {...},                     # the scan's extent (recorded, not judged)
+        "body_mm": {...},                    # the body's bounding box
+        "body_area_cm2": {...},              # median axial cross-section of the body
+        "intensity": {"percentiles": [25, 50, 95], "units": "HU", "region": "body", ...}}}
 
-Spacing and field of view are taken along the world axes (the array axis closest to each), so a
-transposed or flipped copy of a scan has the same statistics. Intensities are percentiles of the
-voxels after loading: Hounsfield units for CT (an absolute scale); for MR, whose scale is
-arbitrary, after the model's own normalisation (clip to its MR percentiles, z-score), which
-keeps the shape of the histogram (e.g. how much of the volume is background).
+Each statistic's range is ``low`` to ``high``, the ``RANGE_PERCENTILES`` of its training cases
+(``min``/``max`` beside them). Everything is in mm and HU along the world axes (the array axis
+closest to each), so neither the voxel grid nor a transposition changes it: a scan resampled to
+1 mm keeps its statistics. The body is CT above ``BODY_HU`` (air and the couch's surroundings
+out); for MR, whose scale is arbitrary, above 10% of the model's ``mr_percentiles`` clip window,
+as ``norm_region = "body"``. Intensities are percentiles of the body's voxels: HU for CT; for MR
+clipped to that window and z-scored over the body. Large volumes are read at about
+``ANALYSIS_MM`` (an integer stride, deterministic).
 
-:func:`check_scan` gives one warning line per task group the scan is far outside of:
-- spacing beyond ``SPACING_FACTOR`` x the training range on any axis;
-- field of view beyond ``FOV_FACTOR`` x the training range on any axis;
-- an intensity percentile beyond the training range widened by its own width (at least
-  ``INTENSITY_MARGIN`` units) on either side.
-Checkpoints without statistics (imported or older ones) give no warnings.
+:func:`assess` scores each task group the scan is segmented by: the largest of
+- body extent and body cross-section (the body region: a neck is ~150-300 cm², an abdomen
+  500-900 cm²) beyond their range, as a log ratio over ``log(FACTOR)``;
+- the resolution the model sees, ``max(native spacing, group spacing)`` per axis, the same way
+  (a scan finer than the group's grid is resampled to it: its native spacing never counts);
+- each intensity percentile beyond its range, over the range's width (at least
+  ``INTENSITY_MARGIN`` units).
+A score above 1 is *far outside*: ``pipeline.segmenter`` withholds that group's masks unless
+``force``. Version 1 entries (whole field of view intensities) are judged on field of view and
+resolution only; checkpoints without statistics never. Thresholds and figures: docs/ood.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,74 +47,152 @@ from hermes_model.io import ImageMeta
 
 __all__ = [
     "KEY",
+    "VERSION",
     "PERCENTILES",
-    "SPACING_FACTOR",
-    "FOV_FACTOR",
+    "BODY_HU",
+    "RANGE_PERCENTILES",
+    "FACTOR",
     "INTENSITY_MARGIN",
     "ScanStatistics",
+    "Verdict",
     "scan_statistics",
     "summarise",
     "training_statistics",
+    "assess",
     "check_scan",
+    "withhold",
 ]
 
 KEY = "training_statistics"
-PERCENTILES = (1.0, 50.0, 99.0)
-SPACING_FACTOR = 1.5
-FOV_FACTOR = 1.5
+VERSION = 2
+PERCENTILES = (25.0, 50.0, 95.0)
+#: A group's range of each statistic: these percentiles over its training cases ("low", "high";
+#: "min" and "max" are kept too): one odd training scan (OpenKBP has a chest slab twice the
+#: usual cross-section) does not widen it for everyone.
+RANGE_PERCENTILES = (2.0, 98.0)
+BODY_HU = -500.0
+ANALYSIS_MM = 1.5
+#: A mm quantity (field of view, body extent, cross-section, resolution) is far outside when it
+#: is more than FACTOR x beyond its training range (chosen on train/val splits: docs/ood.md).
+FACTOR = 1.5
 #: Smallest margin around the training range of an intensity percentile, by unit.
 INTENSITY_MARGIN = {"HU": 100.0, "z": 0.5}
 _MAX_SAMPLES = 2_000_000  # percentiles from a fixed subsample of large volumes (deterministic)
+#: What is judged, by entry version: (words, key) of the mm statistics.
+_MM = {
+    1: (("field of view", "fov_mm"),),
+    VERSION: (("body extent", "body_mm"), ("body cross-section", "body_area_cm2")),
+}
 
 
 @dataclass(frozen=True)
 class ScanStatistics:
-    """What :func:`check_scan` compares: (3,) mm per world axis R, A, S; (3,) percentiles."""
+    """What :func:`assess` compares (module docstring): (3,) mm per world axis R, A, S."""
 
     spacing_mm: tuple[float, float, float]
     fov_mm: tuple[float, float, float]
+    body_mm: tuple[float, float, float]
+    body_area_cm2: float
     intensity: tuple[float, ...]
     units: str
 
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> ScanStatistics:
+        """Inverse of ``dataclasses.asdict`` (KeyError for a document of an older form)."""
+        a, b, c = (_triple(doc[k]) for k in ("spacing_mm", "fov_mm", "body_mm"))
+        return cls(
+            a, b, c, float(doc["body_area_cm2"]),
+            tuple(float(v) for v in doc["intensity"]), str(doc["units"]),
+        )  # fmt: skip
 
-def _world_axes(meta: ImageMeta) -> tuple[np.ndarray, np.ndarray]:
-    """(spacing, field of view) in mm along world R, A, S (bounding box of the voxel grid)."""
-    linear = np.abs(np.asarray(meta.affine, dtype=np.float64)[:3, :3])
-    fov = linear @ np.asarray(meta.shape, dtype=np.float64)
-    closest = np.argmax(np.abs(np.asarray(meta.direction)), axis=1)  # array axis per world axis
-    spacing = np.asarray(meta.spacing, dtype=np.float64)[closest]
-    return spacing, fov
+
+@dataclass(frozen=True)
+class Verdict:
+    """One task group's judgement of one scan: ``score`` above 1 is far outside."""
+
+    group: str
+    tasks: tuple[str, ...]
+    score: float
+    problems: tuple[str, ...] = field(default=())
+    cases: Any = "?"
+
+    @property
+    def far_outside(self) -> bool:
+        return self.score > 1.0
+
+    def line(self, source: str, withheld: bool) -> str:
+        """The one-line warning (or reason for withholding) for this group."""
+        what = (
+            "masks withheld (--force to keep them)" if withheld else "its masks may be unreliable"
+        )
+        return (
+            f"{source}: far outside the {self.cases} training scans of {self.group!r} "
+            f"(score {self.score:.1f}): {'; '.join(self.problems)}; {what}"
+        )
 
 
-def _intensities(array: np.ndarray, modality: str, mr_percentiles: Sequence[float]) -> np.ndarray:
-    values = np.asarray(array, dtype=np.float32).ravel()
-    if values.size > _MAX_SAMPLES:
-        values = values[:: values.size // _MAX_SAMPLES + 1]
-    if modality == "ct":
-        return np.percentile(values, PERCENTILES)
-    low, high = np.percentile(values, list(mr_percentiles))
-    clipped = np.clip(values, low, high)
-    std = float(clipped.std()) or 1.0
-    return (np.percentile(clipped, PERCENTILES) - float(clipped.mean())) / std
+def _triple(values: Sequence[float] | np.ndarray) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return a, b, c
+
+
+def _world(meta: ImageMeta) -> np.ndarray:
+    """The world axis (0 R, 1 A, 2 S) closest to each array axis."""
+    return np.argmax(np.abs(np.asarray(meta.direction, dtype=np.float64)), axis=0)
 
 
 def scan_statistics(
     array: np.ndarray, meta: ImageMeta, modality: str, mr_percentiles: Sequence[float] = (2, 98)
 ) -> ScanStatistics:
-    """Spacing, field of view and intensity percentiles of one scan (see the module docstring).
+    """Spacing, field of view, body extent and cross-section, and intensity percentiles inside
+    the body of one scan (module docstring).
 
     ``array``: (I, J, K) as read; ``modality``: ``ct`` or ``mr`` (MR-like rows such as
     ``mr-t1`` count as ``mr``); ``mr_percentiles``: the model's MR clip percentiles.
     """
-    spacing, fov = _world_axes(meta)
     kind = "ct" if modality == "ct" else "mr"
-    intensity = _intensities(array, kind, mr_percentiles)
+    world = _world(meta)
+    spacing = np.asarray(meta.spacing, dtype=np.float64)
+    fov = np.abs(np.asarray(meta.affine, dtype=np.float64)[:3, :3]) @ np.asarray(meta.shape)
+    step = np.maximum(1, np.floor(ANALYSIS_MM / spacing + 1e-6)).astype(int)
+    grid = np.asarray(array[:: step[0], :: step[1], :: step[2]], dtype=np.float32)
+    voxel = spacing * step
+    values = _sample(grid.ravel())
+    if kind == "ct":
+        body = grid > BODY_HU
+    else:
+        low, high = np.percentile(values, list(mr_percentiles))
+        body = grid > low + 0.1 * (high - low)
+        grid = np.clip(grid, low, high)
+    extent, area = np.zeros(3), 0.0
+    if body.any():
+        for axis in range(3):
+            hit = np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis)))
+            extent[world[axis]] = (hit[-1] - hit[0]) * voxel[axis] + spacing[axis]
+        axial = int(np.flatnonzero(world == 2)[0])
+        in_plane = float(np.prod(np.delete(voxel, axial))) / 100.0  # cm² per voxel
+        counts = body.sum(axis=tuple(a for a in range(3) if a != axial))
+        area = float(np.median(counts[counts > 0])) * in_plane
+        inside = _sample(grid[body])
+    else:
+        inside = np.zeros(1, np.float32)
+    if kind == "ct":
+        intensity = np.percentile(inside, PERCENTILES)
+    else:
+        std = float(inside.std()) or 1.0
+        intensity = (np.percentile(inside, PERCENTILES) - float(inside.mean())) / std
     return ScanStatistics(
-        spacing_mm=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
-        fov_mm=(float(fov[0]), float(fov[1]), float(fov[2])),
+        spacing_mm=_triple(spacing[np.argsort(world)]),
+        fov_mm=_triple(fov),
+        body_mm=_triple(extent),
+        body_area_cm2=round(area, 2),
         intensity=tuple(float(v) for v in intensity),
         units="HU" if kind == "ct" else "z",
     )
+
+
+def _sample(values: np.ndarray) -> np.ndarray:
+    return values[:: values.size // _MAX_SAMPLES + 1] if values.size > _MAX_SAMPLES else values
 
 
 def summarise(scans: Sequence[ScanStatistics], modality: str, **extra: Any) -> dict[str, Any]:
@@ -111,21 +200,30 @@ def summarise(scans: Sequence[ScanStatistics], modality: str, **extra: Any) -> d
     if not scans:
         raise ValueError("no scans to summarise")
 
-    def span(values: list[Sequence[float]]) -> dict[str, list[float]]:
+    def span(values: Sequence[Sequence[float]]) -> dict[str, list[float]]:
         stacked = np.asarray(values, dtype=np.float64)
+        low, high = np.percentile(stacked, RANGE_PERCENTILES, axis=0)
         return {
-            "min": [round(float(v), 4) for v in stacked.min(axis=0)],
-            "max": [round(float(v), 4) for v in stacked.max(axis=0)],
-        }
+            key: [round(float(v), 4) for v in row]
+            for key, row in (
+                ("low", low), ("high", high), ("min", stacked.min(axis=0)),
+                ("max", stacked.max(axis=0)),
+            )
+        }  # fmt: skip
 
     return {
+        "version": VERSION,
         "cases": len(scans),
         "modality": modality,
         "spacing_mm": span([s.spacing_mm for s in scans]),
+        "range_percentiles": list(RANGE_PERCENTILES),
         "fov_mm": span([s.fov_mm for s in scans]),
+        "body_mm": span([s.body_mm for s in scans]),
+        "body_area_cm2": span([[s.body_area_cm2] for s in scans]),
         "intensity": {
             "percentiles": list(PERCENTILES),
             "units": scans[0].units,
+            "region": "body",
             **span([s.intensity for s in scans]),
         },
         **extra,
@@ -160,39 +258,102 @@ def training_statistics(
     return summarise(scans, card.modality, split=split, card=card.name)
 
 
-def _axes(values: Sequence[float] | np.ndarray, digits: int = 1) -> str:
+def _axes(values: Sequence[float] | np.ndarray, digits: int = 0) -> str:
     return "x".join(f"{v:.{digits}f}" for v in values)
 
 
-def _outside(value: np.ndarray, low: np.ndarray, high: np.ndarray, factor: float) -> bool:
-    return bool(np.any(value > high * factor) or np.any(value < low / factor))
+def _ratio_score(value: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
+    """How far positive ``value`` lies beyond [low, high], in units of log(FACTOR); 0 inside."""
+    value, low, high = (
+        np.maximum(np.asarray(x, dtype=np.float64), 1e-3) for x in (value, low, high)
+    )
+    beyond = np.maximum(np.log(value / high), np.log(low / value))
+    return max(0.0, float(beyond.max())) / math.log(FACTOR)
 
 
-def _problems(scan: ScanStatistics, entry: Mapping[str, Any]) -> list[str]:
-    found = []
-    for what, key, measured, factor, digits in (
-        ("spacing", "spacing_mm", scan.spacing_mm, SPACING_FACTOR, 2),
-        ("field of view", "fov_mm", scan.fov_mm, FOV_FACTOR, 0),
-    ):
-        extent = entry.get(key, {})
-        low, high = np.asarray(extent.get("min", [])), np.asarray(extent.get("max", []))
-        if low.size == 3 and _outside(np.asarray(measured), low, high, factor):
-            found.append(
-                f"{what} {_axes(measured, digits)} mm (training {_axes(low, digits)} to "
-                f"{_axes(high, digits)} mm)"
+def _range(block: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A statistic's training range: ``low``/``high`` (version 2), else ``min``/``max``."""
+    low, high = ("low", "high") if "low" in block else ("min", "max")
+    return np.asarray(block.get(low, []), dtype=np.float64), np.asarray(block.get(high, []))
+
+
+def _judge(
+    scan: ScanStatistics, entry: Mapping[str, Any], group_spacing: Sequence[float]
+) -> tuple[float, list[str]]:
+    """(score, problems) of ``scan`` against one group's ``entry`` (module docstring)."""
+    scores, problems = [0.0], []
+    measured = {**dataclasses.asdict(scan), "body_area_cm2": [scan.body_area_cm2]}
+    for what, key in _MM.get(entry.get("version", 1), ()):
+        low, high = _range(entry.get(key) or {})
+        value = np.asarray(measured[key], dtype=np.float64)
+        if low.size != value.size or high.size != value.size:
+            continue
+        score = _ratio_score(value, low, high)
+        scores.append(score)
+        if score > 1.0:
+            unit = "cm²" if key == "body_area_cm2" else "mm"
+            problems.append(
+                f"{what} {_axes(value)} {unit} (training {_axes(low)} to {_axes(high)})"
             )
-    intensity = entry.get("intensity", {})
-    low, high = np.asarray(intensity.get("min", [])), np.asarray(intensity.get("max", []))
-    if intensity.get("units") == scan.units and low.size == len(scan.intensity):
+    low, high = _range(entry.get("spacing_mm") or {})
+    if low.size == 3 and high.size == 3:  # the resolution the model sees: never finer than its grid
+        grid = np.asarray(group_spacing, dtype=np.float64)
+        seen = np.maximum(scan.spacing_mm, grid)
+        low, high = np.maximum(low, grid), np.maximum(high, grid)
+        score = _ratio_score(seen, low, high)
+        scores.append(score)
+        if score > 1.0:
+            problems.append(
+                f"resolution {_axes(seen, 2)} mm after resampling (training {_axes(low, 2)} to "
+                f"{_axes(high, 2)} mm)"
+            )
+    intensity = entry.get("intensity") or {}
+    low, high = _range(intensity)
+    if (
+        intensity.get("units") == scan.units
+        and intensity.get("region") == "body"
+        and low.size == len(scan.intensity) == high.size
+    ):
         margin = np.maximum(high - low, INTENSITY_MARGIN.get(scan.units, 0.0))
         value = np.asarray(scan.intensity)
-        bad = (value < low - margin) | (value > high + margin)
-        for n in np.flatnonzero(bad):
-            found.append(
-                f"intensity p{intensity['percentiles'][n]:g} {value[n]:.2f} {scan.units} "
-                f"(training {low[n]:.2f} to {high[n]:.2f})"
+        beyond = np.maximum(low - value, value - high) / margin
+        scores.append(float(beyond.max()))
+        for n in np.flatnonzero(beyond > 1.0):
+            problems.append(
+                f"p{intensity['percentiles'][n]:g} inside the body {value[n]:.1f} {scan.units} "
+                f"(training {low[n]:.1f} to {high[n]:.1f})"
             )
-    return found
+    return max(scores), problems
+
+
+def assess(
+    array: np.ndarray,
+    meta: ImageMeta,
+    modality: str,
+    metadata: Mapping[str, Any],
+    task_ids: Sequence[str],
+) -> list[Verdict]:
+    """One :class:`Verdict` per task group of ``task_ids`` whose training statistics the
+    checkpoint records (``metadata``, i.e. ``model.metadata``), in the order of its groups."""
+    from hermes_model.pipeline.group_spacing import spacing_for_group
+
+    statistics = metadata.get(KEY) or {}
+    if not statistics:
+        return []
+    groups = metadata.get("task_groups") or {}
+    wanted = set(task_ids)
+    names = [g for g, members in groups.items() if wanted & set(members) and g in statistics]
+    if not names:
+        return []
+    mr_percentiles = (metadata.get("preprocess") or {}).get("mr_percentiles", (2, 98))
+    scan = scan_statistics(array, meta, modality, mr_percentiles)
+    verdicts = []
+    for name in names:
+        entry = statistics[name]
+        score, problems = _judge(scan, entry, spacing_for_group(metadata, name))
+        members = tuple(t for t in groups[name] if t in wanted)
+        verdicts.append(Verdict(name, members, score, tuple(problems), entry.get("cases", "?")))
+    return verdicts
 
 
 def check_scan(
@@ -202,29 +363,21 @@ def check_scan(
     metadata: Mapping[str, Any],
     task_ids: Sequence[str],
 ) -> list[str]:
-    """One warning line per task group of ``task_ids`` that the scan lies far outside of.
+    """One warning line per task group of ``task_ids`` that the scan lies far outside of
+    (:func:`assess`); none for a checkpoint without training statistics."""
+    verdicts = assess(array, meta, modality, metadata, task_ids)
+    return [v.line(meta.source, withheld=False) for v in verdicts if v.far_outside]
 
-    Args:
-        array, meta: the scan as read.
-        modality: the modality it is segmented as.
-        metadata: the checkpoint's metadata (``model.metadata``); without ``KEY``, no warnings.
-        task_ids: the tasks segmented.
-    """
-    statistics = metadata.get(KEY) or {}
-    if not statistics:
-        return []
-    groups = metadata.get("task_groups") or {}
-    wanted = set(task_ids)
-    names = [g for g, members in groups.items() if wanted & set(members) and g in statistics]
-    mr_percentiles = (metadata.get("preprocess") or {}).get("mr_percentiles", (2, 98))
-    scan = scan_statistics(array, meta, modality, mr_percentiles)
-    lines = []
-    for name in names:
-        entry = statistics[name]
-        problems = _problems(scan, entry)
-        if problems:
-            lines.append(
-                f"{meta.source}: unlike the {entry.get('cases', '?')} training scans of "
-                f"{name!r}: {'; '.join(problems)}; its masks may be unreliable"
-            )
-    return lines
+
+def withhold(
+    verdicts: Sequence[Verdict], task_ids: Sequence[str], source: str, force: bool = False
+) -> tuple[list[str], list[str], list[str]]:
+    """``(tasks kept, tasks withheld, lines)``: a task is withheld when a group it is judged in
+    is far outside and none is not (never with ``force``); one line per group far outside."""
+    far = [v for v in verdicts if v.far_outside]
+    fine = {t for v in verdicts if not v.far_outside for t in v.tasks}
+    withheld = (
+        [] if force else [t for t in task_ids if t not in fine and any(t in v.tasks for v in far)]
+    )
+    lines = [v.line(source, withheld=bool(set(v.tasks) & set(withheld))) for v in far]
+    return [t for t in task_ids if t not in withheld], withheld, lines

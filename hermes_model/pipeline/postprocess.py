@@ -238,6 +238,8 @@ def legend(
     ``precision`` and ``device`` say what computed the masks, ``weights_used`` the same per
     weights file, so two runs of one command on two machines can be told apart.
     ``files`` maps task id -> the per-task output file names written (``--split``), if any.
+    ``out_of_distribution``: one line per task group the scan is far outside the training data
+    of (``ood``); ``withheld``: the tasks not segmented for it (none with ``force``).
     """
     from hermes_model.version import __version__
 
@@ -272,6 +274,8 @@ def legend(
         "precedence": PRECEDENCE,
         "threshold": 0.5,
         "warnings": list(result.warnings),
+        "out_of_distribution": list(result.out_of_distribution),
+        "withheld": list(result.withheld),
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
     }
 

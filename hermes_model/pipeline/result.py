@@ -53,6 +53,9 @@ class SegmentationResult:
         sources: one entry per weights file that produced masks: ``name``, ``sha256``,
             ``source``, ``engine``, ``precision``, ``device`` and its ``tasks`` (several when a
             request spanned weights files, ``pipeline.routed``).
+        out_of_distribution: one line per task group the scan lies far outside the training data
+            of (``pipeline.ood``; also among ``warnings``).
+        withheld: the requested tasks not segmented for that reason (none with ``force``).
     """
 
     task_ids: list[str]
@@ -71,6 +74,8 @@ class SegmentationResult:
     skipped_windows: int = 0
     largest_component: list[str] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)
+    out_of_distribution: list[str] = field(default_factory=list)
+    withheld: list[str] = field(default_factory=list)
 
     def source_of(self, task: str) -> dict[str, Any]:
         """The ``sources`` entry whose weights segmented ``task`` (empty when unrecorded)."""

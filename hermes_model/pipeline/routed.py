@@ -16,10 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
-from hermes_model.io import ImageMeta
+from hermes_model.errors import OutOfDistributionError
 from hermes_model.pipeline.postprocess import label_map_from
 from hermes_model.pipeline.result import SegmentationResult
 from hermes_model.pipeline.segmenter import ImageInput, Segmenter, load_scan
@@ -78,16 +77,6 @@ class RoutedSegmenter:
         routes = route_tasks(list(names or self.tasks), modality, self.pool)
         return [t for r in routes for t in r.task_ids], []
 
-    def out_of_distribution(
-        self, array: np.ndarray, meta: ImageMeta, result: SegmentationResult
-    ) -> list[str]:
-        """Each weights file's ``ood`` check, for the tasks it segmented."""
-        lines: list[str] = []
-        for segmenter in self.loaded.values():
-            if any(t in segmenter.task_ids for t in result.task_ids):
-                lines += segmenter.out_of_distribution(array, meta, result)
-        return list(dict.fromkeys(lines))
-
     def segment(
         self,
         image: ImageInput,
@@ -97,21 +86,35 @@ class RoutedSegmenter:
         probabilities: bool = True,
         progress: Progress | None = None,
     ) -> SegmentationResult:
-        """Segment one scan (arguments as ``Segmenter.segment``); the image is read once."""
+        """Segment one scan (arguments as ``Segmenter.segment``); the image is read once. A
+        weights file whose task groups all withhold their masks (``ood``) leaves the others';
+        OutOfDistributionError when none is left."""
         array, meta, modality, confidence, read = load_scan(image, modality)
         routes = route_tasks(list(tasks or self.tasks), modality, self.pool)
         several = len(routes) > 1
-        results = [
-            self.segmenter(route).segment(
-                (array, meta),
-                list(route.task_ids),
-                modality,
-                probabilities=probabilities or several,
-                progress=progress,
-            )  # fmt: skip
-            for route in routes
-        ]
+        results, refused = [], []
+        for route in routes:
+            try:
+                results.append(
+                    self.segmenter(route).segment(
+                        (array, meta),
+                        list(route.task_ids),
+                        modality,
+                        probabilities=probabilities or several,
+                        progress=progress,
+                    )  # fmt: skip
+                )
+            except OutOfDistributionError as error:
+                refused.append(error)
+        lines = [line for error in refused for line in error.lines]
+        if not results:
+            raise OutOfDistributionError(lines, [t for error in refused for t in error.tasks])
         merged = merge_results(results, keep_probabilities=probabilities)
+        if not probabilities:
+            merged.probabilities = None
+        merged.out_of_distribution += lines
+        merged.warnings += lines
+        merged.withheld += [t for error in refused for t in error.tasks]
         merged.modality_confidence = confidence
         merged.timings["read"] = read
         return merged
@@ -156,4 +159,6 @@ def merge_results(
         skipped_windows=sum(r.skipped_windows for r in parts),
         largest_component=[t for r in parts for t in r.largest_component],
         sources=[s for r in parts for s in r.sources],
+        out_of_distribution=[line for r in parts for line in r.out_of_distribution],
+        withheld=[t for r in parts for t in r.withheld],
     )

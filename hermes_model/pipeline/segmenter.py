@@ -27,11 +27,17 @@ from hermes_model import tasks as registry
 from hermes_model.config import PreprocessConfig
 from hermes_model.device import StageClock, plan_memory, resolve_device
 from hermes_model.engines import Calibration, Engine, make_engine
-from hermes_model.errors import ConfigError, OptionError, TaskError, WeightsError
+from hermes_model.errors import (
+    ConfigError,
+    OptionError,
+    OutOfDistributionError,
+    TaskError,
+    WeightsError,
+)
 from hermes_model.io import ImageMeta, read_image
 from hermes_model.pipeline import components, postprocess
 from hermes_model.pipeline.checks import check_image, detect_modality
-from hermes_model.pipeline.ood import check_scan
+from hermes_model.pipeline.ood import assess, withhold
 from hermes_model.pipeline.preprocess import prepare
 from hermes_model.pipeline.result import SegmentationResult
 from hermes_model.pipeline.windows import (
@@ -82,6 +88,8 @@ class Segmenter:
         calibration: int8 calibration windows; None finds the training cases of the weights'
             own datasets (``pipeline.calibration``; ``calibration_from_scans`` for weights
             whose training data is not here).
+        force: keep the masks of a task group even for a scan far outside its training data
+            (``ood``: such groups are withheld by default, and said so in the warnings).
     """
 
     def __init__(
@@ -97,11 +105,13 @@ class Segmenter:
         norm_region: str | None = None,
         largest_component: str | Sequence[str] = "auto",
         calibration: Calibration | None = None,
+        force: bool = False,
     ) -> None:
         from hermes_model.weights.checkpoint import load_checkpoint
         from hermes_model.weights.hub import resolve_weights
 
         self.device = resolve_device(device)
+        self.force = force
         resolved = resolve_weights(None if weights is None else str(weights))
         self.model = load_checkpoint(resolved.path, device=self.device)
         metadata: dict[str, Any] = self.model.metadata
@@ -155,13 +165,6 @@ class Segmenter:
             "device": str(self.device),
         }
 
-    def out_of_distribution(
-        self, array: np.ndarray, meta: ImageMeta, result: SegmentationResult
-    ) -> list[str]:
-        """``ood.check_scan`` lines for the groups of ``result``'s tasks that these weights made."""
-        mine = [t for t in result.task_ids if t in self.model.task_ids]
-        return check_scan(array, meta, result.modality, self.model.metadata, mine)
-
     def select_tasks(
         self, names: Sequence[str] | None, modality: str | None
     ) -> tuple[list[str], list[str]]:
@@ -213,17 +216,24 @@ class Segmenter:
             probabilities: keep the float16 probability maps in the result.
             progress: called with (windows done, windows total).
 
-        Raises InputError (unusable image), TaskError (unknown task or modality).
+        Raises InputError (unusable image), OutOfDistributionError (an InputError: the scan is far
+        outside the training data of every task group asked for, and not ``force``), TaskError
+        (unknown task or modality).
         """
         array, meta, modality, confidence, read = load_scan(image, modality)
         timings = {"read": read}
         modality, row_warnings = self._modality_row(modality, meta.source)
         warnings = row_warnings + check_image(array, meta, modality)
         task_ids, task_warnings = self.select_tasks(tasks, modality)
+        verdicts = assess(array, meta, modality, self.model.metadata, task_ids)
+        kept, withheld, unlike = withhold(verdicts, task_ids, meta.source, self.force)
+        if not kept:
+            raise OutOfDistributionError(unlike, withheld)
         with torch.inference_mode():
-            result = self._run(array, meta, task_ids, modality, probabilities, progress, timings)
+            result = self._run(array, meta, kept, modality, probabilities, progress, timings)
         result.modality_confidence = confidence
-        result.warnings = warnings + task_warnings
+        result.warnings = warnings + task_warnings + unlike
+        result.out_of_distribution, result.withheld = unlike, withheld
         return result
 
     def _mirroring(self, orientation: str) -> tuple[int, list[int]]:

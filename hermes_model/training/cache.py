@@ -11,7 +11,7 @@ nearest-neighbour sampling (``preprocess.prepare_label``). Files, under
                           voxels per label value, seeded by the case id, for foreground patches
     <case_id>.json        sidecar, written last: sources (size, mtime), grid, intensity, counts,
                           and the scan as read (``ood.scan_statistics``: spacing, field of view,
-                          intensity percentiles), which checkpoints summarise per task group
+                          body extent and intensities), which checkpoints summarise per task group
 
 ``key`` hashes the preprocessing settings, the card name and the cache format version, so a
 change of spacing or normalisation never reads stale arrays. Building is resumable (a case whose
@@ -302,7 +302,9 @@ def _finished(folder: Path, case: Case) -> dict[str, Any] | None:
     current = {"image": _stat(case.image), "label": _stat(case.label)}
     if sidecar.get("version") != CACHE_VERSION or sidecar.get("sources") != current:
         return None
-    if "scan_statistics" not in sidecar:  # written before checkpoints recorded them: redo
+    try:  # written before checkpoints recorded them (in this form: ood.VERSION): redo
+        ScanStatistics.from_dict(sidecar["scan_statistics"])
+    except (KeyError, TypeError, ValueError):
         return None
     names = (f"{case.case_id}.npy", f"{case.case_id}_label.npy", f"{case.case_id}_fg.npy")
     return sidecar if all((folder / n).is_file() for n in names) else None
@@ -323,18 +325,8 @@ def _cached_case(
         image_min=float(sidecar["image_min"]),
         foreground_counts={int(k): int(v) for k, v in sidecar["foreground_counts"].items()},
         annotated=annotated,
-        scan=ScanStatistics(
-            spacing_mm=_triple(scan["spacing_mm"]),
-            fov_mm=_triple(scan["fov_mm"]),
-            intensity=tuple(float(v) for v in scan["intensity"]),
-            units=str(scan["units"]),
-        ),
+        scan=ScanStatistics.from_dict(scan),
     )
-
-
-def _triple(values: Sequence[float]) -> tuple[float, float, float]:
-    a, b, c = (float(v) for v in values)
-    return a, b, c
 
 
 def _stat(path: Path) -> dict[str, int]:

@@ -68,7 +68,7 @@ def batch(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     page = folder / "pages" / "cohort.html"
     result = runner.invoke(app, [
         "segment", str(scans), "-o", str(folder / "out"), "--weights", str(weights),
-        "--device", "cpu", "--report", str(page),
+        "--device", "cpu", "--report", str(page), "--force",  # the coarse scan: warned, kept
     ])  # fmt: skip
     assert result.exit_code == 1, result.output  # one case failed, the others were written
     return {"page": page, "out": folder / "out"}

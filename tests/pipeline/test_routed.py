@@ -99,10 +99,13 @@ def test_a_request_spanning_two_weights_files_gives_one_label_map(
     converted: Path, ct_crop: Path, tmp_path: Path
 ) -> None:
     _register(AUTHORS, converted, list(AUTHORS_TASK_ROWS))
+    # --force: an abdomen is far outside the head-and-neck training data (pipeline.ood), whose
+    # masks are otherwise withheld (test_ood_withhold.py).
     code, output = _segment(ct_crop, "--tasks", "liver,parotid_left", "--split", "--stats",
-                            tmp_path / "stats.csv", "-o", tmp_path / "out")  # fmt: skip
+                            tmp_path / "stats.csv", "-o", tmp_path / "out", "--force")  # fmt: skip
     assert code == 0, output
     legend = json.loads((tmp_path / "out" / "abdomen.json").read_text())
+    assert legend["withheld"] == [] and "'openkbp'" in legend["out_of_distribution"][0]
     made = {label["task"]: label["weights"] for label in legend["labels"]}
     assert made == {"amos/liver": AUTHORS, "openkbp/parotid_left": "universal-hermes-r"}
     assert [w["name"] for w in legend["weights_used"]] == [AUTHORS, "universal-hermes-r"]

@@ -50,9 +50,11 @@ def test_each_dataset_is_cached_and_recorded_at_its_group_spacing(tmp_path: Path
     for group, modality in (("toymr", "mr"), ("toyct", "ct")):
         entry = stats[group]
         assert entry["cases"] == 2 and entry["split"] == "train" and entry["modality"] == modality
-        assert entry["spacing_mm"] == {"min": [SPACING] * 3, "max": [SPACING] * 3}
+        spacing = entry["spacing_mm"]
+        assert spacing["min"] == spacing["max"] == spacing["low"] == [SPACING] * 3
         assert entry["fov_mm"]["max"] == [32 * SPACING] * 3
         assert entry["intensity"]["units"] == {"mr": "z", "ct": "HU"}[modality]
+        assert entry["version"] == ood.VERSION and entry["intensity"]["region"] == "body"
     # A training scan is inside its group's range; the same scan at 5x the spacing is not.
     array, image_meta = read_image(tmp_path / "toyct" / "imagesTr" / "toyct_000.nii.gz")
     assert ood.check_scan(array, image_meta, "ct", meta, list(CT_TASKS.values())) == []
