@@ -34,10 +34,16 @@ TASKS = ["hippocampus/anterior", "hippocampus/posterior"]
 
 
 def _pair(weights: str, engine: str = "torch", precision: str = "fp32") -> dict[bool, Segmenter]:
-    """The same Segmenter with (True) and without (False) window skipping."""
+    """The same Segmenter with (True) and without (False) window skipping; ``force``: the
+    crops and padded scans here are far outside the training scans on purpose."""
     return {
         skip: Segmenter(
-            weights, device="cpu", engine=engine, precision=precision, skip_background=skip
+            weights,
+            device="cpu",
+            engine=engine,
+            precision=precision,
+            skip_background=skip,
+            force=True,
         )
         for skip in (True, False)
     }
