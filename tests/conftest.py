@@ -7,7 +7,7 @@ I/O code is tested against independent writers. Affines map voxel centres to RAS
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,3 +275,15 @@ def signal_stack_is_usable() -> bool:
         if low <= start and start + stack.ss_size <= high:
             return True
     return False
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test (training tests: on two cores shared with other jobs,
+    one thread per test process is faster and steadier); the count is restored after."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

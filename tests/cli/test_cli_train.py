@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,9 @@ from typer.testing import CliRunner, Result
 from hermes_cli.main import app
 from hermes_model import create_model, save_checkpoint
 
+# Two cores shared with other jobs: one torch thread per test (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "train" / "recipes" / "hippocampus_smoke.toml"
 CARD = REPO / "train" / "datasets" / "hippocampus.toml"
@@ -25,15 +27,6 @@ needs_data = pytest.mark.skipif(
     not HIPPOCAMPUS.is_dir(), reason=f"real data absent: {HIPPOCAMPUS} (../shared/data)"
 )
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Two cores shared with other jobs: one thread per test process is faster and steadier.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")

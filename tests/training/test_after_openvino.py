@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,19 +27,12 @@ from hermes_model.training.loop import train
 from hermes_model.training.recipe import load_recipe
 
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.workers,
     pytest.mark.skipif(
         not openvino_available(), reason=f"OpenVINO is not installed ({INSTALL_HINT})"
     ),
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ resumed with the run, never exported; the network itself is unchanged."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,10 @@ from hermes_model.training.loop import train
 from hermes_model.training.losses import LossTerms
 from hermes_model.training.recipe import load_recipe
 
+# Two cores shared with other jobs: one torch thread per test (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TASKS = ["hippocampus/anterior", "hippocampus/posterior", "openkbp/larynx"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def test_auxiliary_predictions_at_half_and_quarter_scale_leave_the_network_as_it_was() -> None:

@@ -3,7 +3,6 @@ fine-tuning adds the new tasks and trains everything (paper §4.3)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,17 +25,11 @@ from hermes_model.training.validation import (
 )
 from hermes_model.weights.checkpoint import load_checkpoint, read_metadata
 
+# Two cores shared with other jobs: one torch thread per test (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NEW = {1: "toyct/organ"}
 OLD_GROUPS = {"toymr": list(MR_TASKS.values())}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Two cores shared with other jobs: one thread per test process is faster and steadier.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ and metadata, refusal to clobber or to resume a different run, state without pic
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,10 @@ from hermes_model.training.loop import train
 from hermes_model.training.recipe import load_recipe
 from hermes_model.weights.checkpoint import load_checkpoint, read_metadata
 
+# Two cores shared with other jobs: one torch thread per test (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CT_TASKS = {1: "toyct/organ"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # Two cores shared with other jobs: one thread per test process is faster and steadier.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")
