@@ -71,6 +71,12 @@ class DeepSupervised(nn.Module):
             nn.Conv3d(model.config.channels(f.bit_length() - 1), width, 1)  # type: ignore[union-attr, operator]
             for f in self.factors
         )
+        # Zero at the start: auxiliary logits 0, so their first gradients reach only these
+        # projections. From trained weights (the levers start from the shipped model), randomly
+        # initialised ones gave logits in the tens and a BCE of ~10 per scale, whose gradients
+        # would first pull the shared prototypes and decoder away from what they had learned.
+        for parameter in self.project.parameters():
+            nn.init.zeros_(parameter)
         self._capture = False  # only while this wrapper runs the model (not in validation)
         self._features: dict[int, torch.Tensor] = {}
         self._prototypes: list[torch.Tensor] = []

@@ -37,6 +37,11 @@ def test_auxiliary_predictions_at_half_and_quarter_scale_leave_the_network_as_it
     modality = torch.tensor([0, 1])
     logits, aux = wrapped(image, task_idx, modality)
     assert [(f, tuple(a.shape)) for f, a in aux] == [(2, (2, 3, 16, 16, 16)), (4, (2, 3, 8, 8, 8))]
+    assert all(float(a.abs().max()) == 0.0 for _, a in aux)  # zero-initialised projections
+    for conv in wrapped.project:  # as after some training
+        torch.nn.init.normal_(conv.weight)
+    logits, aux = wrapped(image, task_idx, modality)
+    assert all(float(a[0].abs().max()) > 0.0 for _, a in aux)
     assert all(float(a[1, 2].abs().max()) == 0.0 for _, a in aux)  # padding: no prediction
     torch.testing.assert_close(logits, model(image, task_idx, modality))  # same network
     assert set(model.state_dict()) == keys  # the projections are the wrapper's, not exported
