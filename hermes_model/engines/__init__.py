@@ -28,6 +28,7 @@ from hermes_model.engines.precision import (
     PRECISIONS,
     autocast_dtype,
     cpu_native_bf16,
+    int8_possible,
     resolve_precision,
 )
 from hermes_model.errors import OptionError
@@ -45,6 +46,7 @@ __all__ = [
     "autocast_dtype",
     "choose_engine",
     "cpu_native_bf16",
+    "int8_possible",
     "make_engine",
     "openvino_available",
     "resolve_precision",

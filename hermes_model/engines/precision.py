@@ -127,6 +127,19 @@ def _int8_chosen(engine: str, model: torch.nn.Module | None) -> bool:
     return weights_digest(model) in INT8_GUARDED
 
 
+def int8_possible(
+    precision: str, device: torch.device, engine: str, model: torch.nn.Module
+) -> bool:
+    """Could ``precision`` resolve to int8 here, calibration data given? Only then is it worth
+    looking for that data (``auto`` on a CPU with native bf16, or for weights int8 was not
+    guarded on, never picks int8)."""
+    if device.type != "cpu":
+        return False
+    if precision == "int8":
+        return True
+    return precision == "auto" and not cpu_native_bf16() and _int8_chosen(engine, model)
+
+
 @functools.cache
 def cpu_native_bf16() -> bool:
     """Does this CPU compute bf16 natively (AMX-BF16 or AVX512-BF16)? False when unknown."""

@@ -26,7 +26,13 @@ import torch
 from hermes_model import tasks as registry
 from hermes_model.config import PreprocessConfig
 from hermes_model.device import StageClock, plan_memory, resolve_device
-from hermes_model.engines import Calibration, Engine, make_engine
+from hermes_model.engines import (
+    Calibration,
+    Engine,
+    choose_engine,
+    int8_possible,
+    make_engine,
+)
 from hermes_model.errors import (
     ConfigError,
     OptionError,
@@ -135,7 +141,8 @@ class Segmenter:
         if batch_size is not None and batch_size < 1:
             raise OptionError(f"batch size must be at least 1, got {batch_size}")
         batch = batch_size if batch_size is not None else (2 if self.device.type == "cpu" else 4)
-        if calibration is None and precision in ("int8", "auto") and self.device.type == "cpu":
+        chosen = choose_engine(self.device) if engine == "auto" else engine
+        if calibration is None and int8_possible(precision, self.device, chosen, self.model):
             from hermes_model.pipeline.calibration import calibration_for
 
             calibration = calibration_for(self.model, self.preprocess)  # reads no image yet
