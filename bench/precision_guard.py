@@ -14,7 +14,7 @@ the share of torch fp32's foreground voxels that changed, and mean Dice against 
     python bench/precision_guard.py --table a.jsonl b.jsonl   # the table of finished runs
 
 ``--out`` appends one JSON line per case and variant as it goes (a long run that is stopped
-keeps what it did); ``--table`` prints the tables from such files without running anything.
+keeps what it did, and run again with the same ``--out`` skips the cases it holds); ``--table`` prints the tables from such files without running anything.
 Val splits only: the test splits are for final figures.
 """
 
@@ -50,16 +50,24 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     }
     index, count = (int(p) for p in args.shard.split("/"))
     rows = []
+    done: set[tuple[str, str, str]] = set()
+    if args.out and Path(args.out).is_file():  # a stopped run continues where it was
+        rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line]
+        done = {(r["dataset"], r["case"], r["variant"]) for r in rows}
     for name in args.datasets:
         card = load_card(CARDS[name])
         values = {task: value for value, task in card.labels.items()}
         tasks = list(card.tasks)
         cases = card.cases("val")[: args.max_cases][index::count]
         for case in cases:
+            if all((name, case.case_id, v) in done for v in others):
+                continue
             image = read_image(case.image)
             truth, _ = read_image(case.label)
             ref = reference.segment(image, tasks, card.modality, probabilities=False)
             for variant, segmenter in others.items():
+                if (name, case.case_id, variant) in done:
+                    continue
                 out = segmenter.segment(image, tasks, card.modality, probabilities=False)
                 row: dict[str, Any] = {"dataset": name, "case": case.case_id, "variant": variant}
                 row["network_s"] = [ref.timings["network"], out.timings["network"]]
