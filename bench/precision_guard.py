@@ -14,7 +14,8 @@ the share of torch fp32's foreground voxels that changed, and mean Dice against 
     python bench/precision_guard.py --table a.jsonl b.jsonl   # the table of finished runs
 
 ``--out`` appends one JSON line per case and variant as it goes (a long run that is stopped
-keeps what it did, and run again with the same ``--out`` skips the cases it holds); ``--table`` prints the tables from such files without running anything.
+keeps what it did, and run again with the same ``--out`` skips the cases it holds); ``--table``
+prints the tables from such files without running anything.
 Val splits only: the test splits are for final figures.
 """
 
