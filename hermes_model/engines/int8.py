@@ -40,8 +40,10 @@ __all__ = [
 ]
 
 #: How the network is quantised (part of the cache key): NNCF's performance preset (symmetric
-#: int8 weights and activations) and fast bias correction, with the default mixed-precision
-#: heuristics. The windows per group are the calibration set's business.
+#: int8 weights and activations; the ``mixed`` preset moved more voxels) and fast bias
+#: correction; matmuls (attention, prototype head), norms, residual sums and scales stay f32, and
+#: so do the convolutions that read the image (:func:`input_convolutions`). docs/int8.md has the
+#: settings tried. The windows per group are the calibration set's business.
 QUANTISATION: dict[str, Any] = {
     "preset": "performance",
     "fast_bias_correction": True,
