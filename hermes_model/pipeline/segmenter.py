@@ -141,13 +141,13 @@ class Segmenter:
         if batch_size is not None and batch_size < 1:
             raise OptionError(f"batch size must be at least 1, got {batch_size}")
         batch = batch_size if batch_size is not None else (2 if self.device.type == "cpu" else 4)
-        chosen = choose_engine(self.device) if engine == "auto" else engine
+        chosen = choose_engine(self.device) if engine == "auto" else engine  # resolved once
         if calibration is None and int8_possible(precision, self.device, chosen, self.model):
             from hermes_model.pipeline.calibration import calibration_for
 
             calibration = calibration_for(self.model, self.preprocess)  # reads no image yet
         self.engine: Engine = make_engine(
-            engine, self.model, self.device, precision, batch, calibration
+            chosen, self.model, self.device, precision, batch, calibration
         )
         self.settings = WindowSettings(
             patch_size=self.preprocess.patch_size,

@@ -81,7 +81,6 @@ def test_int8_is_close_to_fp32_and_its_cache_key_changes_with_the_calibration_se
     assert fp32.compile_log[0]["entry"] not in {log[0]["entry"] for log in logs}  # type: ignore[attr-defined]
 
 
-@pytest.mark.skipif(not openvino_available(), reason=f"OpenVINO is not installed ({INSTALL_HINT})")
 @needs_nncf
 def test_the_convolutions_that_read_the_image_stay_float32() -> None:
     # The CT's first convolution quantised moved 9.3% of the OpenKBP val foreground (docs/int8.md).
@@ -109,6 +108,7 @@ def test_the_convolutions_that_read_the_image_stay_float32() -> None:
     assert others.count("FakeQuantize") >= len(others) // 2  # the rest are quantised
 
 
+@pytest.mark.skipif(not openvino_available(), reason=f"OpenVINO is not installed ({INSTALL_HINT})")
 def test_int8_without_nncf_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "nncf", None)  # import nncf now fails
     with pytest.raises(ConfigError, match=r"needs NNCF.*pip install") as error:
