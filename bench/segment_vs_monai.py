@@ -40,6 +40,7 @@ volumes): speed only, since random weights' masks mean nothing.
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -148,7 +149,10 @@ def run_monai(
             LoadImaged("image", image_only=False),
             EnsureChannelFirstd("image"),
             Orientationd("image", axcodes="RAS"),
-            Spacingd("image", pixdim=(1.5, 1.5, 1.5), mode="bilinear"),
+            # float32, not Spacingd's float64 default: with it, Invertd and AsDiscreted make
+            # float64 copies of 15 channels at the scan's grid, and MONAI ran out of 24 GiB on
+            # the 512 x 512 x 300 CT (killed by the kernel at 22.5 GB resident, 2026-12-04).
+            Spacingd("image", pixdim=(1.5, 1.5, 1.5), mode="bilinear", dtype=np.float32),
             ScaleIntensityRanged("image", a_min=-990, a_max=500, b_min=0, b_max=1, clip=True),
             NormalizeIntensityd("image"),
         ]
@@ -202,6 +206,14 @@ def run_monai(
     return timings, np.asarray(data["pred"]).astype(bool)
 
 
+def _report(console: Console, volume: str, pipeline: str, timings: dict[str, float]) -> None:
+    """One finished run's stages and the process's peak memory so far."""
+    stages = ", ".join(_stages(timings))
+    peak = peak_memory_gib()
+    console.print(f"{volume}: {pipeline} done; read+prep, network, restore, write, total = "
+                  f"{stages} s; peak resident memory so far {peak:.1f} GiB")  # fmt: skip
+
+
 def _stages(t: dict[str, float]) -> list[str]:
     """read+prep, network, restore, write, total of either pipeline, formatted."""
     values = [
@@ -212,6 +224,11 @@ def _stages(t: dict[str, float]) -> list[str]:
         t["total"],
     ]
     return [f"{v:.2f}" for v in values]
+
+
+def peak_memory_gib() -> float:
+    """The process's peak resident memory so far (Linux: ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -272,12 +289,16 @@ def main() -> None:
             best: dict[str, dict[str, float]] = {}
             masks: dict[str, np.ndarray] = {}
             for _ in range(args.repeats):  # alternate, so that load changes hit all alike
+                # Each run's stages are printed as it ends, so that a later run that fails
+                # (out of memory, interrupted) does not take the earlier figures with it.
                 runs = [("Hermes", run_hermes(segmenter, path, folder / "hermes"))]
+                _report(console, name, "Hermes", runs[-1][1][0])
                 for precision in args.monai_precision:
                     result = run_monai(
                         segmenter.model, tasks, path, folder / "monai", args, precision
                     )
                     runs.append((f"MONAI {precision}", result))
+                    _report(console, name, f"MONAI {precision}", result[0])
                 for key, (timings, mask) in runs:
                     masks[key] = mask
                     if key not in best or timings["total"] < best[key]["total"]:
