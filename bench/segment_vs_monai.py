@@ -5,7 +5,8 @@ Both pipelines go from the file on disk to masks written to disk:
 
     Hermes  io.read_image -> prepare (on the device) -> sliding window -> restore + threshold +
             label map (on the device) -> label map + one mask per task written (batch.write_case)
-    MONAI   LoadImaged, EnsureChannelFirstd, Orientationd(RAS), Spacingd, ScaleIntensityRanged
+    MONAI   LoadImaged, EnsureChannelFirstd, Orientationd(RAS), Spacingd (float32),
+            ScaleIntensityRanged
             (+ NormalizeIntensityd, so that the network sees Hermes' z-scored input) ->
             sliding_window_inference on a plain tensor (same window, overlap, Gaussian sigma
             1/8, batch, autocast)
