@@ -113,8 +113,8 @@ CPU_INT8_FASTER: dict[tuple[str, str], bool] = {("openvino", "small"): True}
 #: they were trained on (<= 0.5% of torch fp32's foreground changed, no task's Dice lower by
 #: more than 0.005). Only these may get int8 from ``auto``. None today: the bundled
 #: ``universal-hermes-r`` passes on hippocampus val (20 cases: 0.255% changed, no Dice lost) and
-#: fails narrowly on OpenKBP val (17 of 32 cases: 0.630% changed, no task's Dice lower by more
-#: than 0.0008; before the image-reading convolution stayed f32: 9.3%; docs/int8.md), so
+#: fails narrowly on OpenKBP val (all 32 cases: 0.634% changed, no task's Dice lower by more
+#: than 0.0003; before the image-reading convolution stayed f32: 9.3%; docs/int8.md), so
 #: ``auto`` keeps fp32 on CPUs without native bf16.
 INT8_GUARDED: dict[str, str] = {}
 
