@@ -292,8 +292,9 @@ def main() -> None:
             for _ in range(args.repeats):  # alternate, so that load changes hit all alike
                 # Each run's stages are printed as it ends, so that a later run that fails
                 # (out of memory, interrupted) does not take the earlier figures with it.
-                runs = [("Hermes", run_hermes(segmenter, path, folder / "hermes"))]
-                _report(console, name, "Hermes", runs[-1][1][0])
+                hermes = run_hermes(segmenter, path, folder / "hermes")
+                _report(console, name, "Hermes", hermes[0])
+                runs = [("Hermes", hermes)]
                 for precision in args.monai_precision:
                     result = run_monai(
                         segmenter.model, tasks, path, folder / "monai", args, precision
