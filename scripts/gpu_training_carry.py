@@ -209,27 +209,28 @@ def _write_train_script(carry: Path, args: argparse.Namespace, first_card: Path)
     recipe = shlex.quote(str(Path(args.config)))
     script = f"""#!/usr/bin/env bash
 # Written by scripts/gpu_training_carry.py pack; run from the project root on the GPU machine,
-# carrying {carry.name}. Unpacks the data, trains {args.config} for at most {args.minutes} minutes,
-# and leaves the exported weights (in parts of 15 MiB: files over 16 MiB do not come back), the
-# sha256 of the whole file and the logs in $OUT.
+# carrying {carry.name}. Unpacks the data under $WORK (default /tmp), trains {args.config} for
+# at most {args.minutes:g} minutes, and leaves the logs, the exported weights (in parts of 15 MiB:
+# files over 16 MiB do not come back) and the sha256 of the whole file in $OUT.
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-C={shlex.quote(carry.name)}
-OUT=${{OUT:-/tmp/out}}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
-    --target /tmp/site $C/wheels/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD HERMES_DATA=/tmp/data
-python3 scripts/gpu_training_carry.py unpack --carry $C --to /tmp/data || exit 1
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+C=$(cd "$(dirname "$0")" && pwd)
+WORK=${{WORK:-/tmp}}; OUT=${{OUT:-$WORK/out}}; mkdir -p "$OUT"
+if compgen -G "$C/wheels/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$WORK/site" "$C"/wheels/*.whl || exit 1
+fi
+export PYTHONPATH=$WORK/site:$PWD HERMES_DATA=$WORK/data
+python3 scripts/gpu_training_carry.py unpack --carry "$C" --to "$WORK/data" || exit 1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 timeout {int(args.minutes * 60)} python3 -c 'import sys; sys.argv[0] = "hermes"
-from hermes_cli.main import app; app()' train -c {recipe} -o /tmp/run {sets} \\
-    --set 'train.cache_dir="/tmp/cache"' --set train.cache_workers=12 --set train.num_workers=6 \\
-    --no-progress 2>&1 | tail -40
+from hermes_cli.main import app; app()' train -c {recipe} -o "$WORK/run" {sets} \
+    --set "train.cache_dir=\\"$WORK/cache\\"" --no-progress 2>&1 | tail -40
 echo "train exit: ${{PIPESTATUS[0]}} (124: stopped at the time limit; the last checkpoint is kept)"
-cp /tmp/run/log.csv /tmp/run/log.jsonl "$OUT"/ 2>/dev/null
-if [ -f /tmp/run/last.safetensors ]; then
-    sha256sum /tmp/run/last.safetensors | tee "$OUT/last.sha256"
-    split -b 15M -d /tmp/run/last.safetensors "$OUT/last.safetensors.part"
+cp "$WORK/run/log.csv" "$WORK/run/log.jsonl" "$OUT"/ 2>/dev/null
+if [ -f "$WORK/run/last.safetensors" ]; then
+    (cd "$WORK/run" && sha256sum last.safetensors) | tee "$OUT/last.sha256"
+    split -b 15M -d "$WORK/run/last.safetensors" "$OUT/last.safetensors.part"
 fi
 ls -la "$OUT"
 """

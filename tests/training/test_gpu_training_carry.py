@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -67,7 +68,6 @@ def test_pack_then_unpack_gives_the_cards_their_cases_back(
     assert "toyct: 2 train + 1 val cases" in pack.stdout
     script = (carry / "train.sh").read_text()
     assert "--set train.batch_size=16" in script and "timeout 420" in script
-    assert subprocess.run(["bash", "-n", str(carry / "train.sh")]).returncode == 0
 
     there = tmp_path / "there"
     unpack = subprocess.run(
@@ -109,3 +109,31 @@ def test_unpack_refuses_a_file_that_is_not_a_carry(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode != 0
     assert "not a Hermes training carry" in result.stderr
+
+
+def test_train_script_unpacks_trains_and_returns_the_weights_in_parts(tmp_path: Path) -> None:
+    """What the GPU machine runs, end to end, on a toy carry (CPU, 3 steps of the tiny model)."""
+    data = tmp_path / "data"
+    card = write_dataset(data, "toymr", cases=3)
+    _carried_card(card, "toymr")
+    recipe = write_recipe(tmp_path, [card], tmp_path / "unused-cache")
+    carry = tmp_path / "carry"
+    env = {**os.environ, "HERMES_DATA": str(data), "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "pack", "-c", str(recipe), "--out", str(carry),
+         "--no-wheels", "--minutes", "5", "--set", "train.iterations=3"],
+        check=True, capture_output=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    work, out = tmp_path / "work", tmp_path / "out"
+    env = {**env, "WORK": str(work), "OUT": str(out), "HERMES_DATA": "/nonexistent"}
+    result = subprocess.run(
+        ["bash", str(carry / "train.sh")], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "train exit: 0" in result.stdout, result.stdout
+    rows = (out / "log.csv").read_text().splitlines()
+    assert len(rows) > 1 and (work / "data" / "toymr" / "dataset.json").is_file()
+    weights = b"".join(p.read_bytes() for p in sorted(out.glob("last.safetensors.part*")))
+    assert weights == (work / "run" / "last.safetensors").read_bytes()
+    digest = (out / "last.sha256").read_text().split()[0]
+    assert digest == hashlib.sha256(weights).hexdigest()
