@@ -182,6 +182,10 @@ class Trainer:
         self.net = wrap_model(
             self.model if self.supervised is None else self.supervised, context, find_unused
         )
+        if recipe.train.compile and self.total > self.iteration:
+            log.info("train.compile: compiling the training step (the first iteration: minutes)")
+            # Only the step's network: the state, the EMA and validation keep the eager modules.
+            self.net = cast(nn.Module, torch.compile(self.net))
 
     @property
     def main(self) -> bool:

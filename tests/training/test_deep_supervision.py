@@ -88,3 +88,29 @@ def test_training_with_deep_supervision_resumes_exactly_and_exports_the_plain_ne
     assert set(exported) == set(full.model.state_dict())  # no auxiliary projection
     state = load_file(str(tmp_path / "full" / "state.safetensors"))
     assert any(k.startswith("deep_supervision/") for k in state)  # but resumable
+
+
+@pytest.mark.slow  # compiling the step takes a minute or more on two shared cores
+def test_compiled_training_step_learns_as_the_eager_one_and_exports_the_same_keys(
+    tmp_path: Path,
+) -> None:
+    """``train.compile`` (with deep supervision's forward hooks, the hardest case for the
+    compiler): the same losses as eager within float reordering, plain exported keys."""
+    card = write_dataset(tmp_path, "toymr", MR_TASKS, cases=3)
+    cache = tmp_path / "cache"
+    runs = {}
+    for compiled in (False, True):
+        folder = tmp_path / f"recipe-{compiled}"
+        folder.mkdir()
+        train_table = {"compile": compiled, "iterations": 3, "cache_dir": str(cache)}
+        recipe = load_recipe(
+            write_recipe(folder, [card], cache, loss={"deep_supervision": [0.5, 0.25]},
+                         train=train_table)
+        )  # fmt: skip
+        runs[compiled] = train(recipe, tmp_path / f"run-{compiled}", progress=False)
+    eager, compiled_losses = (train_losses(tmp_path / f"run-{c}") for c in (False, True))
+    assert eager.keys() == compiled_losses.keys()
+    for iteration, loss in eager.items():
+        assert compiled_losses[iteration] == pytest.approx(loss, rel=1e-3, abs=1e-4)
+    exported = load_file(str(tmp_path / "run-True" / "last.safetensors"))
+    assert set(exported) == set(runs[False].model.state_dict())
