@@ -103,8 +103,9 @@ class TrainSettings:
         the initial checkpoint lacks (incremental learning).
     compile: run the training step's network through ``torch.compile`` (fused element-wise
         kernels around the convolutions). The first iteration then takes minutes (compiling;
-        again after each ``--resume``), every later one less: 1.16x on the two-core AMD EPYC
-        in fp32 (``bench/train_compile.py``: width 16, batch 8, 48 x 48 x 32, deep supervision).
+        again after each ``--resume``), every later one less: 1.16x and 1.32x in two runs on the
+        two-core AMD EPYC in fp32 (``bench/train_width.py --compile``: width 16, batch 8,
+        48 x 48 x 32, deep supervision).
         Off by default: worth it for long runs. Validation and the exported weights are not
         affected.
     """
