@@ -48,3 +48,21 @@ def test_no_validated_run_is_an_error(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True,
                           text=True)  # fmt: skip
     assert done.returncode == 1 and "no run folder with a validation" in done.stderr
+
+
+def test_kept_logs_give_the_same_rows_as_their_run_folders(tmp_path: Path) -> None:
+    """docs/levers keeps each finished run's log as <run>.jsonl: the table reads those too."""
+    runs, kept = tmp_path / "runs", tmp_path / "kept"
+    _run(runs / "baseline", {"openkbp/larynx": 0.5, "hippocampus/anterior": 0.9})
+    _run(runs / "rare", {"openkbp/larynx": 0.6, "hippocampus/anterior": 0.9})
+    kept.mkdir()
+    for name in ("baseline", "rare"):
+        (kept / f"{name}.jsonl").write_text((runs / name / "log.jsonl").read_text())
+    (kept / "queue.log").write_text("not a run\n")  # other files beside the logs are ignored
+    tables = [
+        subprocess.run([sys.executable, str(SCRIPT), str(folder)], capture_output=True,
+                       text=True, check=True).stdout
+        for folder in (runs, kept)
+    ]  # fmt: skip
+    assert tables[0] == tables[1]
+    assert "| rare | 20 |" in tables[1] and "(running)" not in tables[1]
