@@ -3,7 +3,8 @@
 A recipe names everything a run needs::
 
     name = "hippocampus"
-    base = "other.toml"        # optional: start from another recipe (tables merge, arrays replace)
+    base = "other.toml"        # optional: start from another recipe (tables merge, arrays and
+                               # empty tables replace: pos_weight = {} clears the base's weights)
     seed = 0
     output = "runs/hippocampus"            # relative to the working directory
     [model]                                # a preset plus ModelConfig overrides
@@ -138,7 +139,9 @@ def _read_with_base(source: Path, seen: set[Path]) -> dict[str, Any]:
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        # An empty table is the only way TOML can say "none of the base's entries" (a recipe for
+        # one dataset clearing per-task weights that name another dataset's tasks).
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

@@ -92,6 +92,23 @@ def test_base_recipe_values_are_inherited() -> None:
     assert smoke.output == "runs/hippocampus_smoke"
 
 
+def test_separate_recipes_differ_from_the_universal_one_only_in_their_data() -> None:
+    """Issue 27 step 3: the separate v7 models take v7 as base and replace only what names data;
+    the hippocampus one clears the OpenKBP BCE weights with an empty table."""
+    recipes = REPO / "train" / "recipes"
+    universal = load_recipe(recipes / "bundled_universal_v7.toml").to_dict()
+    for name, cleared in (("openkbp", False), ("hippocampus", True)):
+        separate = load_recipe(recipes / f"bundled_{name}_v7.toml").to_dict()
+        assert [d["card"] for d in separate["datasets"]] == [
+            d["card"] for d in universal["datasets"] if d["card"].endswith(f"{name}.toml")
+        ]
+        weights = separate["loss"]["pos_weight"]
+        assert weights == ({} if cleared else universal["loss"]["pos_weight"])
+        for key in ("model", "preprocess", "train", "optimizer", "schedule", "augment", "ema"):
+            assert separate[key] == universal[key], key
+        assert separate["seed"] == universal["seed"]
+
+
 def _recipe(tmp_path: Path, body: str) -> Path:
     card = REPO / "train" / "datasets" / "hippocampus.toml"
     path = tmp_path / "r.toml"
