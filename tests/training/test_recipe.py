@@ -93,8 +93,8 @@ def test_base_recipe_values_are_inherited() -> None:
 
 
 def test_separate_recipes_differ_from_the_universal_one_only_in_their_data() -> None:
-    """Issue 27 step 3: the separate v7 models take v7 as base and replace only what names data;
-    the hippocampus one clears the OpenKBP BCE weights with an empty table."""
+    """Issue 27 step 3: the separate v7 models take v7 as base and replace only what names data
+    and the budget; the hippocampus one clears the OpenKBP BCE weights with an empty table."""
     recipes = REPO / "train" / "recipes"
     universal = load_recipe(recipes / "bundled_universal_v7.toml").to_dict()
     for name, cleared in (("openkbp", False), ("hippocampus", True)):
@@ -104,9 +104,13 @@ def test_separate_recipes_differ_from_the_universal_one_only_in_their_data() -> 
         ]
         weights = separate["loss"]["pos_weight"]
         assert weights == ({} if cleared else universal["loss"]["pos_weight"])
-        for key in ("model", "preprocess", "train", "optimizer", "schedule", "augment", "ema"):
+        for key in ("model", "preprocess", "optimizer", "schedule", "augment", "ema"):
             assert separate[key] == universal[key], key
         assert separate["seed"] == universal["seed"]
+        # The budget: the dataset's patches inside the universal run, its weight's share.
+        share = separate["datasets"][0]["weight"] / sum(d["weight"] for d in universal["datasets"])
+        assert separate["train"]["iterations"] == round(universal["train"]["iterations"] * share)
+        assert {**separate["train"], "iterations": 0} == {**universal["train"], "iterations": 0}
 
 
 def _recipe(tmp_path: Path, body: str) -> Path:
