@@ -49,7 +49,8 @@ def main() -> None:
     image = torch.randn(args.batch, 1, *recipe.preprocess.patch_size).contiguous(memory_format=fmt)
     task_idx = torch.arange(len(tasks)).expand(args.batch, -1)
     modality_idx = torch.zeros(args.batch, dtype=torch.long)
-    runs: dict[str, tuple[nn.Module, torch.optim.Optimizer, list[float]]] = {}
+    # (width, compiled) -> the model to step, its optimizer, its step times
+    runs: dict[tuple[int, bool], tuple[nn.Module, torch.optim.Optimizer, list[float]]] = {}
     params: dict[int, float] = {}
     for width in args.widths:
         for compiled in (False, True) if args.compile else (False,):
@@ -60,7 +61,7 @@ def main() -> None:
             if recipe.loss.deep_supervision:
                 model = DeepSupervised(model, recipe.loss.deep_supervision)
             optimizer = torch.optim.AdamW(model.parameters())
-            runs[f"{width}{' compiled' if compiled else ''}"] = (
+            runs[width, compiled] = (
                 torch.compile(model) if compiled else model,
                 optimizer,
                 [],
@@ -75,23 +76,24 @@ def main() -> None:
         optimizer.step()
         return time.perf_counter() - start
 
-    first_steps = {name: step(model, optimizer) for name, (model, optimizer, _) in runs.items()}
+    first_steps = {key: step(model, optimizer) for key, (model, optimizer, _) in runs.items()}
     for _ in range(args.steps):
         for model, optimizer, times in runs.values():
             times.append(step(model, optimizer))
     print(f"{recipe.name}: batch {args.batch}, patch {recipe.preprocess.patch_size}, deep "
           f"supervision {list(recipe.loss.deep_supervision) or 'off'}, {args.threads} threads, "
           f"median of {args.steps} interleaved steps")  # fmt: skip
-    first = statistics.median(runs[str(args.widths[0])][2])
-    for name, (_, _, times) in runs.items():
-        width = int(name.split()[0])
+    first = statistics.median(runs[args.widths[0], False][2])
+    for (width, compiled), (_, _, times) in runs.items():
+        name = f"{width}{' compiled' if compiled else ''}"
         median = statistics.median(times)
         line = (f"width {name:12s}: {params[width]:6.2f} M parameters, {median:6.2f} s/step, "
                 f"{median / first:.2f}x width {args.widths[0]}")  # fmt: skip
-        if name.endswith("compiled"):
-            eager = statistics.median(runs[str(width)][2])
+        if compiled:
+            eager = statistics.median(runs[width, False][2])
             line += (
-                f", {eager / median:.2f}x faster than eager; compiling: {first_steps[name]:.0f} s"
+                f", {eager / median:.2f}x faster than eager; "
+                f"compiling: {first_steps[width, compiled]:.0f} s"
             )
         print(line)
 
