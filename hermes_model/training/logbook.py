@@ -18,12 +18,13 @@ import json
 import logging
 import math
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from hermes_model.io.atomic import replace_file, write_bytes_atomically
 
-__all__ = ["CSV_FIELDS", "RunLog", "LiveView", "plot_curves"]
+__all__ = ["CSV_FIELDS", "RunLog", "LiveView", "plot_curves", "utc_now"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,11 @@ CSV_FIELDS = (
     "val_dice",
     "elapsed_s",
 )
+
+
+def utc_now() -> str:
+    """The time column of a log row: UTC, to the second, ISO 8601."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 class RunLog:

@@ -37,13 +37,8 @@ import torch
 from hermes_model.errors import ConfigError, OptionError
 from hermes_model.training.distributed import DistContext, setup, teardown
 from hermes_model.training.recipe import Recipe
-from hermes_model.training.trainer import (
-    MODES,
-    RunOptions,
-    Trainer,
-    TrainingDiverged,
-    TrainResult,
-)
+from hermes_model.training.run_types import MODES, RunOptions, TrainingDiverged, TrainResult
+from hermes_model.training.trainer import Trainer
 
 __all__ = ["MODES", "RunOptions", "TrainResult", "TrainingDiverged", "train"]
 

@@ -13,6 +13,7 @@ import copy
 import json
 import logging
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ __all__ = [
     "freeze_all_but_new_tasks",
     "git_commit",
     "data_licence",
+    "every_parameter_used",
+    "loss_pos_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -228,3 +231,25 @@ def data_licence(card: DatasetCard) -> str | None:
         return None
     value = doc.get("licence", doc.get("license")) if isinstance(doc, dict) else None
     return str(value) if value else None
+
+
+def every_parameter_used(config: Any) -> bool:
+    """Whether every parameter gets a gradient in every step, so DDP need not search."""
+    if config.arch == "resunet":
+        return True
+    return config.arch == "hermes-r" and (config.bidirectional or config.hierarchical)
+
+
+def loss_pos_weights(
+    recipe: Recipe, task_ids: Sequence[str], device: torch.device
+) -> torch.Tensor | None:
+    """The recipe's ``[loss] pos_weight`` as one weight per model task (None if it is empty)."""
+    table = recipe.loss.pos_weight
+    if not table:
+        return None
+    if unknown := sorted(set(table) - set(task_ids)):
+        raise ConfigError(
+            f"recipe {recipe.source}: loss.pos_weight names task(s) {unknown} that the model "
+            f"does not have; its tasks are {list(task_ids)}"
+        )
+    return torch.tensor([table.get(t, 1.0) for t in task_ids], device=device)

@@ -1,9 +1,10 @@
-# Over 400 lines: the Trainer is one object; checkpointing, validation, optim live apart.
 """The :class:`Trainer`: one run's model, optimiser, data stream, validation and files.
 
 ``loop.train`` is the entry point and documents the behaviour; this module holds the state and
-the steps. Everything that differs between ranks (augmenter and CUDA generators) is gathered
-on rank 0 when the state is saved; everything else is identical on every rank.
+the steps. Beside it: ``run_types`` (what a run is asked and returns), ``prepare`` (data, model,
+starting weights), ``checkpointing`` (files and resume) and ``run_validation`` (best weights,
+the incremental guard). Everything that differs between ranks (augmenter and CUDA generators) is
+gathered on rank 0 when the state is saved; everything else is identical on every rank.
 """
 
 from __future__ import annotations
@@ -11,84 +12,31 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from hermes_model.errors import ConfigError, OutputError, TrainingError
+from hermes_model.errors import ConfigError, OutputError
 from hermes_model.nets.hermes import SegmentationNet
 from hermes_model.pipeline.windows import WindowSettings
-from hermes_model.training import checkpointing, prepare
+from hermes_model.training import checkpointing, prepare, run_validation
 from hermes_model.training.augment import Augmenter, mirror_partners
 from hermes_model.training.deep_supervision import DeepSupervised, deep_supervision_loss
 from hermes_model.training.distributed import DistContext, wrap_model
-from hermes_model.training.logbook import LiveView, RunLog, plot_curves
+from hermes_model.training.logbook import LiveView, RunLog, plot_curves, utc_now
 from hermes_model.training.losses import LossTerms, bce_dice_loss
 from hermes_model.training.optim import ModelEMA, make_optimizer, make_scheduler
 from hermes_model.training.recipe import Recipe
+from hermes_model.training.run_types import RunOptions, TrainingDiverged, TrainResult
 from hermes_model.training.sampling import Batch, MixedBatchSampler, make_loader
-from hermes_model.training.validation import (
-    IncrementalCheckError,
-    check_old_tasks_unchanged,
-    validate_cached,
-)
 
-__all__ = ["MODES", "RunOptions", "TrainResult", "TrainingDiverged", "Trainer"]
+__all__ = ["Trainer"]
 
 log = logging.getLogger(__name__)
-
-MODES = ("train", "finetune", "incremental")
-
-
-class TrainingDiverged(TrainingError):
-    """The loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run a recipe (the command-line switches); see ``loop.train``."""
-
-    iterations: int | None = None
-    resume: bool = False
-    init_weights: str | None = None
-    mode: str = "train"
-    progress: bool = True
-    stop_after: int | None = None
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a run produced.
-
-    Attributes:
-        output_dir: the run folder.
-        iterations: iterations done in total (including those before a resume).
-        completed: False when ``stop_after`` stopped the run before its last iteration.
-        last / best: the checkpoints written (None when not written, e.g. on ranks > 0).
-        best_dice / best_iteration: best mean validation Dice and where it was reached.
-        validation: task id -> Dice of the last validation.
-        final_loss: mean loss of the last logged window.
-        seconds: training time (the loop, validation included), over all invocations.
-        model: the trained weights (raw, not the EMA; the module DDP wrapped).
-    """
-
-    output_dir: Path
-    iterations: int
-    completed: bool
-    last: Path | None
-    best: Path | None
-    best_dice: float | None
-    best_iteration: int | None
-    validation: dict[str, float]
-    final_loss: float | None
-    seconds: float
-    model: SegmentationNet = field(repr=False)
 
 
 @dataclass
@@ -106,37 +54,11 @@ class _Window:
         self.count += 1
 
 
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _every_parameter_used(config: Any) -> bool:
-    """Whether every parameter gets a gradient in every step, so DDP need not search."""
-    if config.arch == "resunet":
-        return True
-    return config.arch == "hermes-r" and (config.bidirectional or config.hierarchical)
-
-
 def _precision(amp: str, device: torch.device, model: torch.nn.Module) -> str:
     """What training and validation compute in (``engines.precision``: measured per device)."""
     from hermes_model.engines.precision import resolve_training_precision
 
     return resolve_training_precision(amp, device, model)
-
-
-def _pos_weights(
-    recipe: Recipe, task_ids: Sequence[str], device: torch.device
-) -> torch.Tensor | None:
-    """The recipe's ``[loss] pos_weight`` as one weight per model task (None if it is empty)."""
-    table = recipe.loss.pos_weight
-    if not table:
-        return None
-    if unknown := sorted(set(table) - set(task_ids)):
-        raise ConfigError(
-            f"recipe {recipe.source}: loss.pos_weight names task(s) {unknown} that the model "
-            f"does not have; its tasks are {list(task_ids)}"
-        )
-    return torch.tensor([table.get(t, 1.0) for t in task_ids], device=device)
 
 
 class Trainer:
@@ -171,14 +93,14 @@ class Trainer:
         self.best_iteration: int | None = None
         self.final_loss: float | None = None
         self.last_val: dict[str, float] = {}
-        self.started, self.base_seconds, self.clock = _utc_now(), 0.0, time.perf_counter()
+        self.started, self.base_seconds, self.clock = utc_now(), 0.0, time.perf_counter()
         resumed = options.resume and (self.dir / "state.safetensors").is_file()
         if options.resume and not resumed:
             log.warning("%s holds no saved state: starting a new run", self.dir)
         if resumed:
             self._resume()
         self.runlog = RunLog(self.dir, self.iteration if resumed else None) if self.main else None
-        find_unused = not _every_parameter_used(self.model.config)
+        find_unused = not prepare.every_parameter_used(self.model.config)
         self.net = wrap_model(
             self.model if self.supervised is None else self.supervised, context, find_unused
         )
@@ -262,7 +184,7 @@ class Trainer:
         self.amp_dtype = dtypes.get(self.precision)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and self.precision == "fp16")
         self.last_lr = float(self.optimizer.param_groups[0]["lr"])
-        self.pos_weight = _pos_weights(r, self.model.task_ids, self.device)
+        self.pos_weight = prepare.loss_pos_weights(r, self.model.task_ids, self.device)
 
     def _build_stream(self) -> None:
         r, ctx = self.recipe, self.ctx
@@ -307,7 +229,7 @@ class Trainer:
         if completed and self.validated_at != self.iteration:
             self._validate()
         if completed and self.incremental:
-            self._check_old_outputs()
+            run_validation.check_old_outputs(self)
         self._checkpoint(position)
         if self.main and self.runlog is not None:
             plot_curves(self.runlog, self.dir / "curves.png", self.recipe.name)
@@ -419,7 +341,7 @@ class Trainer:
                 "epoch": round(self.iteration / self.recipe.train.iterations_per_epoch, 4),
                 "loss": loss, "bce": bce, "dice_loss": dice, "lr": self.last_lr,
                 "patches_per_s": rate * self.recipe.train.batch_size, "data_wait": wait,
-                "elapsed_s": round(self.seconds(), 3), "time": _utc_now(),
+                "elapsed_s": round(self.seconds(), 3), "time": utc_now(),
             })  # fmt: skip
         view.update(self.iteration, loss=loss, lr=self.last_lr, rate=rate, val=self._last_mean())
 
@@ -432,45 +354,7 @@ class Trainer:
         """Validate on rank 0 (the others wait); keep ``best.safetensors`` up to date."""
         self.validated_at = self.iteration  # before best.safetensors records it
         if self.main:
-            self._validate_here()
-        self.ctx.barrier()
-
-    def _validate_here(self) -> None:
-        result = validate_cached(
-            self.export_model, self.data.val, self.groups, self.window, self.device
-        )
-        assert self.runlog is not None  # the main process always keeps the log
-        if not result.tasks:
-            log.warning("no validation cases (split %r)", self.recipe.validation.split)
-            return
-        mean = result.mean
-        improved = math.isfinite(mean) and (self.best_dice is None or mean > self.best_dice)
-        self.last_val = dict(result.tasks)
-        if improved:
-            self.best_dice, self.best_iteration = mean, self.iteration
-            self._save_weights("best.safetensors")
-        self.runlog.add({
-            "kind": "val", "iteration": self.iteration, "val_dice": mean,
-            "val_tasks": result.tasks, "val_cases": len(result.cases), "best": improved,
-            "elapsed_s": round(self.seconds(), 3), "time": _utc_now(),
-        })  # fmt: skip
-
-    def _check_old_outputs(self) -> None:
-        """Incremental learning: old groups bit-identical on the validation cases, or no files."""
-        assert self.start is not None
-        if self.main:
-            start = self.start.model.to(self.device)
-            try:
-                self.check_count = check_old_tasks_unchanged(
-                    start, self.export_model, self.start.task_groups, self.data.val,
-                    self.window, self.device,
-                )  # fmt: skip
-            except IncrementalCheckError:
-                for name in ("best.safetensors", "last.safetensors"):
-                    (self.dir / name).unlink(missing_ok=True)
-                raise
-            finally:
-                self.start.model.to("cpu")
+            run_validation.validate_and_keep_best(self)
         self.ctx.barrier()
 
     def _save_weights(self, name: str) -> Path:
