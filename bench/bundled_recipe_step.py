@@ -63,7 +63,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     tasks = list(dict.fromkeys(t for d in datasets for t in d.tasks))
-    base = build_model(recipe.model.config, tasks).to(memory_format=torch.channels_last_3d)
+    base = build_model(recipe.model.config, tasks)
+    base = base.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # stubs lack it
     models = {"fp32": base, "bf16": copy.deepcopy(base)}
     optimizers = {
         k: make_optimizer(list(m.parameters()), recipe.optimizer) for k, m in models.items()

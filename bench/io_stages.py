@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def decoded_digest(path: Path) -> str:
     """sha256 of a NIfTI file's decoded header fields, dtype, shape and voxel bytes."""
     import nibabel as nib
 
-    img = nib.load(path)
+    img = cast(nib.Nifti1Image, nib.load(path))  # the stubs say FileBasedImage
     digest = hashlib.sha256()
     digest.update(img.header.binaryblock)
     data = np.asarray(img.dataobj)

@@ -20,6 +20,7 @@ import dataclasses
 import statistics
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -56,13 +57,14 @@ def main() -> None:
         for compiled in (False, True) if args.compile else (False,):
             torch.manual_seed(0)
             config = dataclasses.replace(recipe.model.config, base_channels=width)
-            model: nn.Module = build_model(config, tasks).to(memory_format=fmt)
+            # torch's stubs for Module.to lack memory_format
+            model: nn.Module = build_model(config, tasks).to(memory_format=fmt)  # type: ignore[call-overload]
             params[width] = sum(p.numel() for p in model.parameters()) / 1e6
             if recipe.loss.deep_supervision:
                 model = DeepSupervised(model, recipe.loss.deep_supervision)
             optimizer = torch.optim.AdamW(model.parameters())
             runs[width, compiled] = (
-                torch.compile(model) if compiled else model,
+                cast(nn.Module, torch.compile(model)) if compiled else model,
                 optimizer,
                 [],
             )
@@ -78,8 +80,8 @@ def main() -> None:
 
     first_steps = {key: step(model, optimizer) for key, (model, optimizer, _) in runs.items()}
     for _ in range(args.steps):
-        for model, optimizer, times in runs.values():
-            times.append(step(model, optimizer))
+        for net, opt, times in runs.values():
+            times.append(step(net, opt))
     print(f"{recipe.name}: batch {args.batch}, patch {recipe.preprocess.patch_size}, deep "
           f"supervision {list(recipe.loss.deep_supervision) or 'off'}, {args.threads} threads, "
           f"median of {args.steps} interleaved steps")  # fmt: skip

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -93,7 +93,7 @@ def calibration_for(model: torch.nn.Module, preprocess: PreprocessConfig) -> Cal
 def calibration_from_scans(
     model: torch.nn.Module,
     preprocess: PreprocessConfig,
-    scans: dict[str, Sequence[str | Path]],
+    scans: Mapping[str, Sequence[str | Path]],
     modality: str,
 ) -> Calibration:
     """int8 calibration on the scans you name, per task group (``Segmenter(calibration=...)``).
