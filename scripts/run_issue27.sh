@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Issue 27, steps 2 and 3, as one resumable queue: every CPU hour goes to the next unfinished
+# stage, and each working session only restarts this script.
+#
+#   nohup scripts/run_issue27.sh > /work/runs/issue27.log 2>&1 &
+#
+# Stages, in order (docs/recipe-levers.md says why each exists):
+#   train-v7              the long run of step 2 (bundled_universal_v7.toml), resumed from its
+#                         last checkpoint when it has one
+#   val-v7                its exported (EMA) weights on the whole val splits, overlap 0.5, eager:
+#                         the ship decision's figures, measured as v6's row of the lever table
+#   ship-v7               fp16 export, largest-component choice on val, test evaluation of both
+#                         datasets (final figures; nothing is chosen with them)
+#   train-openkbp_v7      step 3's separate models, v7's recipe on one dataset each, from scratch
+#   train-hippocampus_v7
+#   ship-openkbp_v7       the same export, choice and test evaluation for each separate model
+#   ship-hippocampus_v7
+#
+# A finished stage leaves $RUNS/issue27-done/<stage> and is skipped; a training stopped part-way
+# (session over, machine lost) continues from its last checkpoint (bit for bit); the other stages
+# start again. Environment: RUNS (run folders, outside the repository; default /work/runs), CACHE
+# (the preprocessing cache), THREADS (torch threads; default every core), STAGES (which, in
+# order). What to do with the results (ship or not, the step-3 table) stays with a person.
+set -u
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-/work/runs}
+CACHE=${CACHE:-/work/cache/train}
+STAGES=${STAGES:-train-v7 val-v7 ship-v7 train-openkbp_v7 train-hippocampus_v7 ship-openkbp_v7 ship-hippocampus_v7}
+DONE="$RUNS/issue27-done"
+mkdir -p "$DONE" "$RUNS/ship"
+[ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
+OPENKBP=train/datasets/openkbp.toml
+HIPPOCAMPUS=train/datasets/hippocampus.toml
+
+say() { echo "$(date -u +%FT%TZ) $*"; }
+
+# train <recipe name> <run folder>: a new run, or --resume where a checkpoint exists.
+train() {
+  local extra=()
+  [ -f "$2/state.safetensors" ] && extra=(--resume)
+  hermes train -c "train/recipes/$1.toml" -o "$2" --set "train.cache_dir=\"$CACHE\"" \
+    --no-progress "${extra[@]}"
+}
+
+# ship <run folder> <name> <data> <recipe> <dataset card>...: export, choose, evaluate on test.
+ship() {
+  local run=$1 name=$2 data=$3 recipe=$4 out="$RUNS/ship/$2"
+  shift 4
+  local chooser=() card
+  for card in "$@"; do chooser+=(--dataset "$card"); done
+  python scripts/export_bundled.py "$run/last.safetensors" --name "$name" --data "$data" \
+    --recipe "train/recipes/$recipe.toml" --out "$out-export.safetensors" || return 1
+  python scripts/choose_largest_component.py "$out-export.safetensors" "${chooser[@]}" \
+    --split val --json "$out-largest-component-val.json" --out "$out.safetensors" || return 1
+  for card in "$@"; do
+    local dataset
+    dataset=$(basename "$card" .toml)
+    hermes evaluate --weights "$out.safetensors" --dataset "$card" --split test \
+      --json "$out-$dataset-test.json" --csv "$out-$dataset-test.csv" || return 1
+  done
+}
+
+run_stage() {
+  case $1 in
+    train-v7) train bundled_universal_v7 "$RUNS/v7" ;;
+    val-v7)
+      rm -rf "$RUNS/v7-val"  # a validation cut short has nothing worth keeping
+      hermes train -c train/recipes/bundled_universal_v7.toml -o "$RUNS/v7-val" --iterations 0 \
+        --set "train.init_from=\"$RUNS/v7/last.safetensors\"" --set validation.max_cases=0 \
+        --set validation.overlap=0.5 --set train.compile=false \
+        --set "train.cache_dir=\"$CACHE\"" --no-progress \
+        && cp "$RUNS/v7-val/log.jsonl" docs/levers/v7.jsonl \
+        && python scripts/lever_table.py docs/levers --baseline v6 ;;
+    ship-v7) ship "$RUNS/v7" universal-hermes-r universal bundled_universal_v7 "$OPENKBP" \
+      "$HIPPOCAMPUS" ;;
+    train-openkbp_v7) train bundled_openkbp_v7 "$RUNS/openkbp_v7" ;;
+    train-hippocampus_v7) train bundled_hippocampus_v7 "$RUNS/hippocampus_v7" ;;
+    ship-openkbp_v7) ship "$RUNS/openkbp_v7" openkbp-hermes-r openkbp bundled_openkbp_v7 \
+      "$OPENKBP" ;;
+    ship-hippocampus_v7) ship "$RUNS/hippocampus_v7" hippocampus-hermes-r hippocampus \
+      bundled_hippocampus_v7 "$HIPPOCAMPUS" ;;
+    *) say "unknown stage $1"; return 2 ;;
+  esac
+}
+
+for stage in $STAGES; do
+  [ -f "$DONE/$stage" ] && { say "$stage: done before, skipped"; continue; }
+  say "$stage: start"
+  if run_stage "$stage"; then
+    touch "$DONE/$stage"
+    say "$stage: finished"
+  else
+    # A later stage may need this one (val-v7 needs train-v7's weights): stop, for a person.
+    say "$stage: failed (exit $?); the queue stops here"
+    exit 1
+  fi
+done
