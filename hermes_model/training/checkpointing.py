@@ -6,13 +6,13 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hermes_model.errors import ConfigError
+from hermes_model.training.logbook import utc_now
 from hermes_model.training.prepare import data_licence, git_commit
 from hermes_model.training.resume import (
     TrainState,
@@ -223,7 +223,7 @@ def checkpoint_metadata(trainer: Trainer) -> dict[str, Any]:
         "iteration": trainer.iteration, "total_iterations": trainer.total, "seed": recipe.seed,
         "hermes_version": __version__, "torch_version": torch.__version__,
         "git_commit": git_commit(), "started": trainer.started,
-        "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "saved": utc_now(),
         "training_seconds": round(trainer.seconds(), 3), "device": device,
         "world_size": trainer.ctx.world_size,
         "weights": "ema" if trainer.ema is not None else "model",

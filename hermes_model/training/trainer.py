@@ -357,9 +357,6 @@ class Trainer:
             run_validation.validate_and_keep_best(self)
         self.ctx.barrier()
 
-    def _save_weights(self, name: str) -> Path:
-        return checkpointing.save_weights(self, name)
-
     def _checkpoint(self, position: int) -> None:
         checkpointing.checkpoint(self, position)
 
