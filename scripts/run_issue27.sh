@@ -15,6 +15,11 @@
 #   train-hippocampus_v7
 #   ship-openkbp_v7       the same export, choice and test evaluation for each separate model
 #   ship-hippocampus_v7
+#   compare-step3         universal v7 against the separate models on test, paired per case
+#
+# Each ship stage also writes the model card it would ship with its test figures, and ship-v7
+# compares v7 with v6's committed test reports (docs/eval-final-*-test.json): everything a person
+# needs for the decisions lands in $RUNS/ship/.
 #
 # A finished stage leaves $RUNS/issue27-done/<stage> and is skipped; a training stopped part-way
 # (session over, machine lost) continues from its last checkpoint (bit for bit); the other stages
@@ -22,10 +27,10 @@
 # (the preprocessing cache), THREADS (torch threads; default every core), STAGES (which, in
 # order). What to do with the results (ship or not, the step-3 table) stays with a person.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 RUNS=${RUNS:-/work/runs}
 CACHE=${CACHE:-/work/cache/train}
-STAGES=${STAGES:-train-v7 val-v7 ship-v7 train-openkbp_v7 train-hippocampus_v7 ship-openkbp_v7 ship-hippocampus_v7}
+STAGES=${STAGES:-train-v7 val-v7 ship-v7 train-openkbp_v7 train-hippocampus_v7 ship-openkbp_v7 ship-hippocampus_v7 compare-step3}
 DONE="$RUNS/issue27-done"
 mkdir -p "$DONE" "$RUNS/ship"
 [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
@@ -52,11 +57,25 @@ ship() {
     --recipe "train/recipes/$recipe.toml" --out "$out-export.safetensors" || return 1
   python scripts/choose_largest_component.py "$out-export.safetensors" "${chooser[@]}" \
     --split val --json "$out-largest-component-val.json" --out "$out.safetensors" || return 1
+  local reports=()
   for card in "$@"; do
     local dataset
     dataset=$(basename "$card" .toml)
     hermes evaluate --weights "$out.safetensors" --dataset "$card" --split test \
       --json "$out-$dataset-test.json" --csv "$out-$dataset-test.csv" || return 1
+    reports+=(--eval "$out-$dataset-test.json")
+  done
+  # The card the package would ship, with these test figures (read, not yet committed).
+  hermes weights card "$out.safetensors" "${reports[@]}" -o "$out-card.md"
+}
+
+# compare <A label> <A ship name> <B label> <B report dir/prefix>: paired per-case test Dice with
+# intervals, one markdown table per dataset in $RUNS/ship/<A>-vs-<B>-<dataset>.md.
+compare() {
+  local dataset
+  for dataset in "${@:5}"; do
+    python scripts/compare_evaluations.py --a "$1=$RUNS/ship/$2-$dataset-test.json" \
+      --b "$3=$4$dataset-test.json" --markdown "$RUNS/ship/$1-vs-$3-$dataset.md" || return 1
   done
 }
 
@@ -72,13 +91,18 @@ run_stage() {
         && cp "$RUNS/v7-val/log.jsonl" docs/levers/v7.jsonl \
         && python scripts/lever_table.py docs/levers --baseline v6 ;;
     ship-v7) ship "$RUNS/v7" universal-hermes-r universal bundled_universal_v7 "$OPENKBP" \
-      "$HIPPOCAMPUS" ;;
+      "$HIPPOCAMPUS" \
+      && compare v7 universal-hermes-r v6 docs/eval-final- openkbp hippocampus ;;
     train-openkbp_v7) train bundled_openkbp_v7 "$RUNS/openkbp_v7" ;;
     train-hippocampus_v7) train bundled_hippocampus_v7 "$RUNS/hippocampus_v7" ;;
     ship-openkbp_v7) ship "$RUNS/openkbp_v7" openkbp-hermes-r openkbp bundled_openkbp_v7 \
       "$OPENKBP" ;;
     ship-hippocampus_v7) ship "$RUNS/hippocampus_v7" hippocampus-hermes-r hippocampus \
       bundled_hippocampus_v7 "$HIPPOCAMPUS" ;;
+    compare-step3)
+      compare universal universal-hermes-r separate "$RUNS/ship/openkbp-hermes-r-" openkbp \
+        && compare universal universal-hermes-r separate "$RUNS/ship/hippocampus-hermes-r-" \
+          hippocampus ;;
     *) say "unknown stage $1"; return 2 ;;
   esac
 }

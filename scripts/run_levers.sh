@@ -10,7 +10,7 @@
 # the repository), CACHE (the preprocessing cache), THREADS (torch threads; default: every core),
 # LEVERS (which, in order).
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 RUNS=${RUNS:-/work/runs/levers}
 CACHE=${CACHE:-/work/cache/train}
 LEVERS=${LEVERS:-v6 baseline mirror rare deep context}
