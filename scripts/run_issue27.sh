@@ -69,8 +69,9 @@ ship() {
   hermes weights card "$out.safetensors" "${reports[@]}" -o "$out-card.md"
 }
 
-# compare <A label> <A ship name> <B label> <B report dir/prefix>: paired per-case test Dice with
-# intervals, one markdown table per dataset in $RUNS/ship/<A>-vs-<B>-<dataset>.md.
+# compare <A label> <A ship name> <B label> <B report prefix> <dataset>...: paired per-case test
+# Dice with intervals, A's report $RUNS/ship/<A ship name>-<dataset>-test.json against B's
+# <B report prefix><dataset>-test.json; one markdown table per dataset, $RUNS/ship/<A>-vs-<B>-<dataset>.md.
 compare() {
   local dataset
   for dataset in "${@:5}"; do
