@@ -23,9 +23,10 @@
 #
 # A finished stage leaves $RUNS/issue27-done/<stage> and is skipped; a training stopped part-way
 # (session over, machine lost) continues from its last checkpoint (bit for bit); the other stages
-# start again. Environment: RUNS (run folders, outside the repository; default /work/runs), CACHE
-# (the preprocessing cache), THREADS (torch threads; default every core), STAGES (which, in
-# order). What to do with the results (ship or not, the step-3 table) stays with a person.
+# start again, except that a ship stage keeps the steps it had finished. Environment: RUNS (run
+# folders, outside the repository; default /work/runs), CACHE (the preprocessing cache), THREADS
+# (torch threads; default every core), STAGES (which, in order). What to do with the results
+# (ship or not, the step-3 table) stays with a person.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 RUNS=${RUNS:-/work/runs}
@@ -47,22 +48,31 @@ train() {
     --no-progress "${extra[@]}"
 }
 
+# fresh <output> <input>: the output exists and was written after its input, so a step that a
+# session's end cut short is not redone (every writer here is atomic: a file is whole or absent).
+fresh() { [ -f "$1" ] && [ "$1" -nt "$2" ]; }
+
 # ship <run folder> <name> <data> <recipe> <dataset card>...: export, choose, evaluate on test.
+# Each step is skipped when its output is fresh, so a stopped ship stage goes on where it was.
 ship() {
   local run=$1 name=$2 data=$3 recipe=$4 out="$RUNS/ship/$2"
   shift 4
   local chooser=() card
   for card in "$@"; do chooser+=(--dataset "$card"); done
-  python scripts/export_bundled.py "$run/last.safetensors" --name "$name" --data "$data" \
-    --recipe "train/recipes/$recipe.toml" --out "$out-export.safetensors" || return 1
-  python scripts/choose_largest_component.py "$out-export.safetensors" "${chooser[@]}" \
-    --split val --json "$out-largest-component-val.json" --out "$out.safetensors" || return 1
+  fresh "$out-export.safetensors" "$run/last.safetensors" \
+    || python scripts/export_bundled.py "$run/last.safetensors" --name "$name" --data "$data" \
+      --recipe "train/recipes/$recipe.toml" --out "$out-export.safetensors" || return 1
+  fresh "$out.safetensors" "$out-export.safetensors" \
+    && fresh "$out-largest-component-val.json" "$out-export.safetensors" \
+    || python scripts/choose_largest_component.py "$out-export.safetensors" "${chooser[@]}" \
+      --split val --json "$out-largest-component-val.json" --out "$out.safetensors" || return 1
   local reports=()
   for card in "$@"; do
     local dataset
     dataset=$(basename "$card" .toml)
-    hermes evaluate --weights "$out.safetensors" --dataset "$card" --split test \
-      --json "$out-$dataset-test.json" --csv "$out-$dataset-test.csv" || return 1
+    fresh "$out-$dataset-test.csv" "$out.safetensors" \
+      || hermes evaluate --weights "$out.safetensors" --dataset "$card" --split test \
+        --json "$out-$dataset-test.json" --csv "$out-$dataset-test.csv" || return 1
     reports+=(--eval "$out-$dataset-test.json")
   done
   # The card the package would ship, with these test figures (read, not yet committed).
