@@ -118,7 +118,8 @@ def plot_curves(runlog: RunLog, path: Path, title: str) -> Path | None:
     except ImportError:
         log.warning("matplotlib is not installed: %s not drawn (pip install matplotlib)", path)
         return None
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    # One iteration axis for both panels: a run with one validation so far still shows where it is.
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
     x, loss = runlog.series("train", "loss")
     left.plot(x, loss, label="total")
     for key, label in (("bce", "BCE"), ("dice_loss", "Dice loss")):
