@@ -11,9 +11,9 @@
 #                         the ship decision's figures, measured as v6's row of the lever table
 #   ship-v7               fp16 export, largest-component choice on val, test evaluation of both
 #                         datasets (final figures; nothing is chosen with them)
-#   train-openkbp_v7      step 3's separate models, v7's recipe on one dataset each, from scratch
-#   train-hippocampus_v7
-#   ship-openkbp_v7       the same export, choice and test evaluation for each separate model
+#   train-openkbp_v7      step 3's separate models, v7's recipe on one dataset each, from scratch,
+#   ship-openkbp_v7       each followed by the same export, choice and test evaluation (a model's
+#   train-hippocampus_v7  test figures come as soon as it is trained, not after the other's hours)
 #   ship-hippocampus_v7
 #   compare-step3         universal v7 against the separate models on test, paired per case
 #
@@ -31,7 +31,7 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 RUNS=${RUNS:-/work/runs}
 CACHE=${CACHE:-/work/cache/train}
-STAGES=${STAGES:-train-v7 val-v7 ship-v7 train-openkbp_v7 train-hippocampus_v7 ship-openkbp_v7 ship-hippocampus_v7 compare-step3}
+STAGES=${STAGES:-train-v7 val-v7 ship-v7 train-openkbp_v7 ship-openkbp_v7 train-hippocampus_v7 ship-hippocampus_v7 compare-step3}
 DONE="$RUNS/issue27-done"
 mkdir -p "$DONE" "$RUNS/ship"
 [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
