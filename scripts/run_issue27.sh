@@ -16,6 +16,13 @@
 #   train-hippocampus_v7  test figures come as soon as it is trained, not after the other's hours)
 #   ship-hippocampus_v7
 #   compare-step3         universal v7 against the separate models on test, paired per case
+#   train-v7s, ship-v7s, train-openkbp_v7s, ship-openkbp_v7s, train-hippocampus_v7s,
+#   ship-hippocampus_v7s, compare-step3s
+#                         step 3 again at a budget one working session holds (SHORT universal
+#                         iterations, default 800; each separate model its dataset's share of
+#                         them, 375 and 425), all three from scratch with the same recipes, so a
+#                         lost machine costs one session, not ten hours; outputs in
+#                         $RUNS/ship-short/ (docs/recipe-levers.md, "Step 3 at a short budget")
 #
 # Each ship stage also writes the model card it would ship with its test figures, and ship-v7
 # compares v7 with v6's committed test reports (docs/eval-final-*-test.json): everything a person
@@ -31,22 +38,29 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 RUNS=${RUNS:-/work/runs}
 CACHE=${CACHE:-/work/cache/train}
+SHORT=${SHORT:-800}
 STAGES=${STAGES:-train-v7 val-v7 ship-v7 train-openkbp_v7 ship-openkbp_v7 train-hippocampus_v7 ship-hippocampus_v7 compare-step3}
 DONE="$RUNS/issue27-done"
-mkdir -p "$DONE" "$RUNS/ship"
+SHIP=$RUNS/ship  # where ship and compare write; the short stages use $RUNS/ship-short
+mkdir -p "$DONE" "$RUNS/ship" "$RUNS/ship-short"
 [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
 OPENKBP=train/datasets/openkbp.toml
 HIPPOCAMPUS=train/datasets/hippocampus.toml
 
 say() { echo "$(date -u +%FT%TZ) $*"; }
 
-# train <recipe name> <run folder>: a new run, or --resume where a checkpoint exists.
+# train <recipe name> <run folder> [hermes train option...]: a new run, or --resume where a
+# checkpoint exists.
 train() {
-  local extra=()
-  [ -f "$2/state.safetensors" ] && extra=(--resume)
+  local extra=("${@:3}")
+  [ -f "$2/state.safetensors" ] && extra+=(--resume)
   hermes train -c "train/recipes/$1.toml" -o "$2" --set "train.cache_dir=\"$CACHE\"" \
     --no-progress "${extra[@]}"
 }
+
+# share <iterations>: that many of v7's 5 300 iterations' worth of one dataset's patches, scaled
+# to the short budget (rounded): share 2485 -> OpenKBP's iterations, share 2815 -> hippocampus'.
+share() { echo $(( ($1 * SHORT + 2650) / 5300 )); }
 
 # fresh <output> <input>: the output exists and was written after its input, so a step that a
 # session's end cut short is not redone (every writer here is atomic: a file is whole or absent).
@@ -55,7 +69,7 @@ fresh() { [ -f "$1" ] && [ "$1" -nt "$2" ]; }
 # ship <run folder> <name> <data> <recipe> <dataset card>...: export, choose, evaluate on test.
 # Each step is skipped when its output is fresh, so a stopped ship stage goes on where it was.
 ship() {
-  local run=$1 name=$2 data=$3 recipe=$4 out="$RUNS/ship/$2"
+  local run=$1 name=$2 data=$3 recipe=$4 out="$SHIP/$2"
   shift 4
   local chooser=() card
   for card in "$@"; do chooser+=(--dataset "$card"); done
@@ -80,13 +94,13 @@ ship() {
 }
 
 # compare <A label> <A ship name> <B label> <B report prefix> <dataset>...: paired per-case test
-# Dice with intervals, A's report $RUNS/ship/<A ship name>-<dataset>-test.json against B's
-# <B report prefix><dataset>-test.json; one markdown table per dataset, $RUNS/ship/<A>-vs-<B>-<dataset>.md.
+# Dice with intervals, A's report $SHIP/<A ship name>-<dataset>-test.json against B's
+# <B report prefix><dataset>-test.json; one markdown table per dataset, $SHIP/<A>-vs-<B>-<dataset>.md.
 compare() {
   local dataset
   for dataset in "${@:5}"; do
-    python scripts/compare_evaluations.py --a "$1=$RUNS/ship/$2-$dataset-test.json" \
-      --b "$3=$4$dataset-test.json" --markdown "$RUNS/ship/$1-vs-$3-$dataset.md" || return 1
+    python scripts/compare_evaluations.py --a "$1=$SHIP/$2-$dataset-test.json" \
+      --b "$3=$4$dataset-test.json" --markdown "$SHIP/$1-vs-$3-$dataset.md" || return 1
   done
 }
 
@@ -114,6 +128,21 @@ run_stage() {
       compare universal universal-hermes-r separate "$RUNS/ship/openkbp-hermes-r-" openkbp \
         && compare universal universal-hermes-r separate "$RUNS/ship/hippocampus-hermes-r-" \
           hippocampus ;;
+    train-v7s) train bundled_universal_v7 "$RUNS/v7s" --iterations "$SHORT" ;;
+    train-openkbp_v7s) train bundled_openkbp_v7 "$RUNS/openkbp_v7s" --iterations "$(share 2485)" ;;
+    train-hippocampus_v7s) train bundled_hippocampus_v7 "$RUNS/hippocampus_v7s" \
+      --iterations "$(share 2815)" ;;
+    ship-v7s) SHIP=$RUNS/ship-short ship "$RUNS/v7s" universal-hermes-r universal \
+      bundled_universal_v7 "$OPENKBP" "$HIPPOCAMPUS" ;;
+    ship-openkbp_v7s) SHIP=$RUNS/ship-short ship "$RUNS/openkbp_v7s" openkbp-hermes-r openkbp \
+      bundled_openkbp_v7 "$OPENKBP" ;;
+    ship-hippocampus_v7s) SHIP=$RUNS/ship-short ship "$RUNS/hippocampus_v7s" \
+      hippocampus-hermes-r hippocampus bundled_hippocampus_v7 "$HIPPOCAMPUS" ;;
+    compare-step3s)
+      SHIP=$RUNS/ship-short compare universal universal-hermes-r separate \
+        "$RUNS/ship-short/openkbp-hermes-r-" openkbp \
+        && SHIP=$RUNS/ship-short compare universal universal-hermes-r separate \
+          "$RUNS/ship-short/hippocampus-hermes-r-" hippocampus ;;
     *) say "unknown stage $1"; return 2 ;;
   esac
 }
